@@ -1,0 +1,3 @@
+from e2i.cli import main
+
+raise SystemExit(main())
