@@ -1,0 +1,82 @@
+"""The `e2i` command: one subcommand per pipeline stage.
+
+    e2i cache ...      corpus -> embeddings in the parquet store (Ray Data)
+    e2i train CONFIG   projection heads on a store (Ray Train)
+    e2i --help         lists the stages; `e2i <stage> --help` lists every flag of a stage
+
+Each stage module exposes `add_arguments(parser)` and `run(args) -> int`; only the stage being run
+is imported, so `e2i --help` stays fast. User errors (E2IError) print one line and exit 2; pass
+`--debug` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from e2i import __version__
+from e2i.errors import E2IError
+
+# stage -> (module, one-line description). Order is the pipeline order shown in --help.
+STAGES: dict[str, tuple[str, str]] = {
+    "toy": ("e2i.toy", "write the built-in toy audio-caption corpus (Clotho layout)"),
+    "download": ("e2i.download", "download a public corpus (Clotho v2.1) with checksums and resume"),
+    "cache": ("e2i.cache", "embed a corpus into the parquet store with Ray Data actor pools"),
+    "images": ("e2i.images", "export store embeddings as RGB pseudo-images"),
+    "store": ("e2i.store", "inspect, verify and import stores"),
+    "split": ("e2i.splits", "item-level train/train_subset/val/test splits of a store"),
+    "train": ("e2i.train", "train projection heads on a store with Ray Train"),
+    "evaluate": ("e2i.evaluate", "Recall@K, mAP@10 and plots for a trained model"),
+    "tune": ("e2i.tune", "search heads, losses and hyper-parameters with Ray Tune + Optuna"),
+    "report": ("e2i.report", "leaderboard and plots of a tune experiment"),
+    "finetune": ("e2i.finetune", "fine-tune PaSST + RoBERTa end to end (Lightning on Ray Train)"),
+    "demo": ("e2i.demo", "the whole pipeline on the built-in toy corpus, no downloads"),
+}
+
+
+def _selected_stage(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in STAGES else None
+    return None
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the arguments of `stage` (if given) are filled in from its module."""
+    parser = argparse.ArgumentParser(
+        prog="e2i",
+        description="Embed2Image contrastive retrieval: cache -> store -> train -> tune -> evaluate.",
+        epilog="Run `e2i <stage> --help` for the flags of a stage.",
+    )
+    parser.add_argument("--version", action="version", version=f"e2i {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, (module, help_text) in STAGES.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == stage:
+            mod = importlib.import_module(module)
+            mod.add_arguments(stage_parser)
+            stage_parser.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_selected_stage(argv))
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except E2IError as exc:
+        if args.debug:
+            raise
+        print(f"e2i: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("e2i: interrupted (completed work is kept; re-run to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
