@@ -51,7 +51,9 @@ from typing import Any
 
 from e2i.errors import CorpusError
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"})
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"}
+)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CLOTHO_COLUMNS = ("file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5")
 PATH_KEYS = ("path", "audio", "image", "file", "file_name")
@@ -73,7 +75,9 @@ class Item:
         if not self.caption_ids:
             self.caption_ids = [f"{self.item_id}#{k}" for k in range(1, len(self.captions) + 1)]
         if len(self.caption_ids) != len(self.captions):
-            raise ValueError(f"{self.item_id}: {len(self.caption_ids)} caption ids for {len(self.captions)} captions")
+            raise ValueError(
+                f"{self.item_id}: {len(self.caption_ids)} caption ids for {len(self.captions)} captions"
+            )
 
 
 @dataclass
@@ -123,13 +127,31 @@ class Corpus:
 
 # Misspellings seen in crowd-sourced audio/image captions; matched as whole words, case kept.
 CAPTION_FIXES = {
-    "echos": "echoes", "echoe": "echo", "accross": "across", "occuring": "occurring",
-    "occured": "occurred", "begining": "beginning", "backround": "background",
-    "bacground": "background", "continously": "continuously", "continuosly": "continuously",
-    "seperate": "separate", "seperately": "separately", "wich": "which", "thier": "their",
-    "untill": "until", "whistleing": "whistling", "rythm": "rhythm", "rythmic": "rhythmic",
-    "rythmically": "rhythmically", "dissapears": "disappears", "apparantly": "apparently",
-    "wooshing": "whooshing", "woosh": "whoosh", "peices": "pieces", "alot": "a lot",
+    "echos": "echoes",
+    "echoe": "echo",
+    "accross": "across",
+    "occuring": "occurring",
+    "occured": "occurred",
+    "begining": "beginning",
+    "backround": "background",
+    "bacground": "background",
+    "continously": "continuously",
+    "continuosly": "continuously",
+    "seperate": "separate",
+    "seperately": "separately",
+    "wich": "which",
+    "thier": "their",
+    "untill": "until",
+    "whistleing": "whistling",
+    "rythm": "rhythm",
+    "rythmic": "rhythmic",
+    "rythmically": "rhythmically",
+    "dissapears": "disappears",
+    "apparantly": "apparently",
+    "wooshing": "whooshing",
+    "woosh": "whoosh",
+    "peices": "pieces",
+    "alot": "a lot",
 }
 # Words that are (almost) never correctly doubled: "a a", "the the"; "that that" / "had had" are
 # valid English and left alone.
@@ -137,7 +159,9 @@ _DOUBLED = ("a", "an", "the", "of", "in", "on", "at", "to", "and", "is", "are", 
 _RE_SPACES = re.compile(r"\s+")
 _RE_SPACE_PUNCT = re.compile(r"\s+([.,!?;:])")
 _RE_DOUBLED = re.compile(r"\b(" + "|".join(_DOUBLED) + r")(\s+\1)+\b", re.IGNORECASE)
-_RE_FIXES = re.compile(r"\b(" + "|".join(sorted(CAPTION_FIXES, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+_RE_FIXES = re.compile(
+    r"\b(" + "|".join(sorted(CAPTION_FIXES, key=len, reverse=True)) + r")\b", re.IGNORECASE
+)
 
 
 def _keep_case(fixed: str, original: str) -> str:
@@ -186,7 +210,13 @@ class _Captions:
             new, rules = curate_caption(text)
             if rules:
                 self.corpus.curation.append(
-                    {"item_id": self.item_id, "caption_index": k, "before": text, "after": new, "rules": rules}
+                    {
+                        "item_id": self.item_id,
+                        "caption_index": k,
+                        "before": text,
+                        "after": new,
+                        "rules": rules,
+                    }
                 )
             text = new
         self.texts.append(text)
@@ -282,14 +312,18 @@ def _find_clotho_csv(path: Path, split: str | None) -> tuple[Path, str]:
         raise CorpusError(f"{path}: no clotho_captions_{split}.csv here or in clotho_csv_files/")
     found = sorted(p for folder in folders for p in folder.glob("clotho_captions_*.csv"))
     if len(found) != 1:
-        names = ", ".join(p.name[len("clotho_captions_"):-4] for p in found) or "none found"
+        names = ", ".join(p.name[len("clotho_captions_") : -4] for p in found) or "none found"
         raise CorpusError(f"{path}: pass a split (clotho_captions_<split>.csv: {names})")
-    return found[0], found[0].name[len("clotho_captions_"):-4]
+    return found[0], found[0].name[len("clotho_captions_") : -4]
 
 
 def _find_clotho_audio(csv_path: Path, split: str) -> Path:
-    roots = [csv_path.parent] + ([csv_path.parent.parent] if csv_path.parent.name == "clotho_csv_files" else [])
-    tried = [r / sub for r in roots for sub in (f"clotho_audio_files/{split}", split, f"clotho_audio_{split}")]
+    roots = [csv_path.parent] + (
+        [csv_path.parent.parent] if csv_path.parent.name == "clotho_csv_files" else []
+    )
+    tried = [
+        r / sub for r in roots for sub in (f"clotho_audio_files/{split}", split, f"clotho_audio_{split}")
+    ]
     for folder in tried:
         if folder.is_dir():
             return folder
@@ -327,8 +361,11 @@ def _load_toy_attributes(csv_path: Path, split: str) -> dict[str, dict] | None:
     if not side.is_file():
         return None
     header, rows = _csv_rows(side)
-    return {row[0]: {k: _number(v) for k, v in zip(header[1:], row[1:])}
-            for _, row, _ in rows if len(row) == len(header)}
+    return {
+        row[0]: {k: _number(v) for k, v in zip(header[1:], row[1:])}
+        for _, row, _ in rows
+        if len(row) == len(header)
+    }
 
 
 def _number(text: str) -> str | int | float:
@@ -412,9 +449,12 @@ def _find_coco_json(path: Path, split: str | None) -> tuple[Path, str]:
         return exact, split
     found = sorted(folder.glob(f"captions_{split or ''}*.json"))
     if len(found) != 1:
-        names = ", ".join(p.stem[len("captions_"):] for p in found) or "none found"
-        raise CorpusError(f"{folder}: pass a split matching one captions_<split>.json ({names})")
-    return found[0], found[0].stem[len("captions_"):]
+        splits = (
+            ", ".join(p.stem[len("captions_") :] for p in sorted(folder.glob("captions_*.json"))) or "none"
+        )
+        wanted = f"one captions_{split}*.json" if split else "a split"
+        raise CorpusError(f"{folder}: need {wanted} (captions_<split>.json found: {splits})")
+    return found[0], found[0].stem[len("captions_") :]
 
 
 def _find_coco_images(json_path: Path, split: str) -> Path:
@@ -423,7 +463,9 @@ def _find_coco_images(json_path: Path, split: str) -> Path:
     for folder in tried:
         if folder.is_dir():
             return folder
-    raise CorpusError(f"{json_path}: no image folder for split {split!r} (tried {', '.join(map(str, tried))})")
+    raise CorpusError(
+        f"{json_path}: no image folder for split {split!r} (tried {', '.join(map(str, tried))})"
+    )
 
 
 def read_coco(path: str | os.PathLike, *, split: str | None = None, curate: bool = False) -> Corpus:
@@ -438,8 +480,13 @@ def read_coco(path: str | os.PathLike, *, split: str | None = None, curate: bool
     for i, img in enumerate(data["images"]):
         source = f"{name}:images[{i}]"
         if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
-            corpus.rejected.append(Rejected(source, str(img.get("id", "")) if isinstance(img, dict) else "",
-                                            "image record without id/file_name"))
+            corpus.rejected.append(
+                Rejected(
+                    source,
+                    str(img.get("id", "")) if isinstance(img, dict) else "",
+                    "image record without id/file_name",
+                )
+            )
         elif img["id"] in images:
             corpus.rejected.append(Rejected(source, img["file_name"], f"duplicate image id {img['id']}"))
         else:
@@ -449,7 +496,9 @@ def read_coco(path: str | os.PathLike, *, split: str | None = None, curate: bool
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in captions:
             ann_id = str(ann.get("id", "")) if isinstance(ann, dict) else ""
-            corpus.rejected.append(Rejected(f"{name}:annotations[{i}]", ann_id, f"unknown image_id {image_id!r}"))
+            corpus.rejected.append(
+                Rejected(f"{name}:annotations[{i}]", ann_id, f"unknown image_id {image_id!r}")
+            )
         else:
             captions[image_id].append(ann.get("caption"))
     for image_id, (file_name, source) in images.items():
@@ -460,8 +509,16 @@ def read_coco(path: str | os.PathLike, *, split: str | None = None, curate: bool
         if reason:
             corpus.rejected.append(Rejected(source, file_name, reason))
         elif caps.finish():
-            corpus.items.append(Item(file_name, str((image_dir / file_name).absolute()), caps.texts, "image",
-                                     {"image_id": image_id}, caps.ids))
+            corpus.items.append(
+                Item(
+                    file_name,
+                    str((image_dir / file_name).absolute()),
+                    caps.texts,
+                    "image",
+                    {"image_id": image_id},
+                    caps.ids,
+                )
+            )
     return corpus
 
 
@@ -473,7 +530,9 @@ def _find_metadata(path: Path, split: str | None) -> Path:
     if path.is_file():
         return path
     names = ([f"{split}.jsonl", f"{split}.json", f"metadata_{split}.jsonl"] if split else []) + [
-        "metadata.jsonl", "metadata.json"]
+        "metadata.jsonl",
+        "metadata.json",
+    ]
     for name in names:
         if (path / name).is_file():
             return path / name
@@ -487,7 +546,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str]]:
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise CorpusError(f"{path}: expected a list of records or {{\"data\": [...]}}")
+            raise CorpusError(f'{path}: expected a list of records or {{"data": [...]}}')
         for i, rec in enumerate(data):
             yield f"{path.name}:[{i}]", rec, ""
         return
@@ -539,8 +598,11 @@ def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: boo
         seen[item_id] = source
         media = Path(os.path.expanduser(raw))
         media = media if media.is_absolute() else base / media
-        texts = rec["captions"] if isinstance(rec.get("captions"), list) else (
-            [rec["caption"]] if "caption" in rec else [])
+        texts = (
+            rec["captions"]
+            if isinstance(rec.get("captions"), list)
+            else ([rec["caption"]] if "caption" in rec else [])
+        )
         caps = _Captions(item_id, source, corpus, curate)
         for k, text in enumerate(texts, start=1):
             caps.add(k, text, f"caption {k}")
@@ -548,8 +610,12 @@ def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: boo
         if reason:
             corpus.rejected.append(Rejected(source, item_id, reason))
         elif caps.finish():
-            meta = {k: v for k, v in rec.items() if k not in {"id", "caption", "captions", "modality", *PATH_KEYS}
-                    and isinstance(v, (str, int, float, bool))}
+            meta = {
+                k: v
+                for k, v in rec.items()
+                if k not in {"id", "caption", "captions", "modality", *PATH_KEYS}
+                and isinstance(v, (str, int, float, bool))
+            }
             corpus.items.append(Item(item_id, str(media.absolute()), caps.texts, modality, meta, caps.ids))
     return corpus
 
@@ -585,8 +651,9 @@ def read_imagefolder(
             caps = _Captions(item_id, item_id, corpus, curate)
             caps.add(1, template.format(label.replace("_", " ")), "class name")
             if caps.finish():
-                corpus.items.append(Item(item_id, str(file.absolute()), caps.texts, "image",
-                                         {"label": label}, caps.ids))
+                corpus.items.append(
+                    Item(item_id, str(file.absolute()), caps.texts, "image", {"label": label}, caps.ids)
+                )
     return corpus
 
 
