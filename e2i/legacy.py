@@ -268,7 +268,7 @@ def _coco_caption_embeddings(image_file: Path, prefix: str, obj: Any, meta: dict
 # ----------------------------------------------------------------------------------------- parquet layout
 def _read_parquet_dir(directory: Path) -> tuple[pa.Table, np.ndarray, str]:
     """All *.parquet under a directory -> (table without embeddings, embeddings (N, D), column used)."""
-    files = sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         raise StoreError(f"{directory}: no *.parquet files")
     tables, blocks, col = [], [], ""
@@ -373,7 +373,7 @@ def detect_format(src: str | os.PathLike) -> str:
         return "pt-pairs"
     if any(p.glob("*_image_embeddings.pt")):
         return "coco-pt"
-    if any(p.rglob("*.parquet")):
+    if any(p.glob("*.parquet")):
         return "parquet"
     raise StoreError(f"{p}: no legacy cache found (text_embeddings.pt, *_image_embeddings.pt or *.parquet)")
 

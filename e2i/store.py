@@ -35,8 +35,9 @@ import os
 import posixpath
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -62,6 +63,7 @@ STRING_COLUMNS = {"items": ("item_id", "path"), "captions": ("caption_id", "item
 REJECTED_SCHEMA = pa.schema([("source", pa.string()), ("id", pa.string()), ("reason", pa.string())])
 DEFAULT_ROWS_PER_SHARD = 100_000
 _READ_CHUNK = 8 << 20  # bytes per read when hashing a file
+_ROW_GROUP_BYTES = 32 << 20  # embedding bytes per parquet row group
 
 
 # ----------------------------------------------------------------------------------------- filesystems
@@ -145,6 +147,12 @@ def _sha256_file(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def _num_rows(fs: pafs.FileSystem, path: str) -> int:
+    """Row count from a parquet footer (reads only the footer)."""
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _read_json(fs: pafs.FileSystem, path: str, shown: str) -> dict | None:
@@ -316,44 +324,52 @@ def _shard_list(fs, root: str, manifest: dict | None, kind: str, shown_root: str
     return [(f"{kind}/{i.base_name}", None) for i in _list_files(fs, _join(root, kind)) if _is_shard_name(i.base_name)]
 
 
-def _open_shard(fs, root: str, rel: str, shown: str, expected_rows: int | None, kind: str) -> pq.ParquetFile:
+def _shard_header(fs, root: str, rel: str, shown: str, expected_rows: int | None, kind: str) -> pq.FileMetaData:
+    """Footer of one shard (rows, schema), checked for required columns and the manifest's row count."""
     full = _join(root, rel)
     if not _exists(fs, full):
         raise StoreError(f"{shown}: shard listed in manifest.json is missing")
     try:
-        pf = pq.ParquetFile(fs.open_input_file(full))
+        with fs.open_input_file(full) as f:
+            meta = pq.ParquetFile(f).metadata
     except (OSError, pa.ArrowException) as e:
         raise StoreError(f"{shown}: not a readable parquet file ({str(e).splitlines()[0]})") from None
-    names = pf.schema_arrow.names
+    names = meta.schema.to_arrow_schema().names
     for col in REQUIRED_COLUMNS[kind]:
         if col not in names:
             raise StoreError(f"{shown}: missing column '{col}' (has: {', '.join(names)})")
-    if expected_rows is not None and pf.metadata.num_rows != expected_rows:
-        raise StoreError(f"{shown}: has {pf.metadata.num_rows} rows, manifest.json says {expected_rows}")
-    return pf
+    if expected_rows is not None and meta.num_rows != expected_rows:
+        raise StoreError(f"{shown}: has {meta.num_rows} rows, manifest.json says {expected_rows}")
+    return meta
+
+
+def _read_shard(fs, full: str, shown: str, columns: list[str]) -> pa.Table:
+    try:
+        with fs.open_input_file(full) as f:
+            return pq.read_table(f, columns=columns, use_threads=True)
+    except (OSError, pa.ArrowException) as e:
+        raise StoreError(f"{shown}: cannot read ({str(e).splitlines()[0]})") from None
 
 
 def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: Iterable[str] | None) -> _KindData:
     """Read all shards of one kind into one preallocated (N, D) float32 array (one memcpy per shard).
 
+    Pass 1 reads only footers (row counts -> N, required columns); pass 2 reads each shard's columns,
+    views its embedding values as (n, D), checks dim + finiteness and copies into rows of the output.
     ``extra_cols``: columns besides id+embedding to return as numpy (None = all other columns).
     """
     idcol = ID_COLUMN[kind]
     files = [_shown(shown_root, rel) for rel, _ in shards]
-    pfs = [_open_shard(fs, root, rel, shown, rows, kind) for (rel, rows), shown in zip(shards, files)]
-    offsets = np.cumsum([0] + [pf.metadata.num_rows for pf in pfs])
-    total = int(offsets[-1])
-    emb: np.ndarray | None = None
+    heads = [_shard_header(fs, root, rel, shown, rows, kind) for (rel, rows), shown in zip(shards, files)]
+    offsets = np.cumsum([0] + [h.num_rows for h in heads])  # (shards + 1,)
+    emb: np.ndarray | None = None  # (N, D), allocated once D is known
     dim_file = ""
     ids_parts, extras = [], []
-    for pf, shown, start in zip(pfs, files, offsets):
-        names = pf.schema_arrow.names
+    for (rel, _), head, shown, start in zip(shards, heads, files, offsets):
+        names = head.schema.to_arrow_schema().names
         wanted = [c for c in names if c not in (idcol, "embedding")] if extra_cols is None \
             else [c for c in extra_cols if c in names and c not in (idcol, "embedding")]
-        try:
-            table = pf.read(columns=[idcol, "embedding", *wanted], use_threads=True)
-        except (OSError, pa.ArrowException) as e:
-            raise StoreError(f"{shown}: cannot read ({str(e).splitlines()[0]})") from None
+        table = _read_shard(fs, _join(root, rel), shown, [idcol, "embedding", *wanted])
         ids = _as_string(table.column(idcol), idcol, shown)
         if ids.null_count:
             row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
@@ -361,9 +377,9 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
         ids_np = ids.to_numpy()
         row = int(start)
         for chunk in table.column("embedding").chunks:
-            block = embedding_matrix(chunk, shown, ids_np[row - start:])  # (n, D) view
+            block = embedding_matrix(chunk, shown, ids_np[row - start:])  # (n, D) view of the values buffer
             if emb is None:
-                emb, dim_file = np.empty((total, block.shape[1]), np.float32), shown
+                emb, dim_file = np.empty((int(offsets[-1]), block.shape[1]), np.float32), shown
             if block.shape[1] != emb.shape[1]:
                 raise StoreError(f"{shown}: {ids_np[row - start]!r}: embedding dim {block.shape[1]} != "
                                  f"{emb.shape[1]} in {dim_file}")
@@ -373,14 +389,15 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
         ids_parts.append(ids_np)
         extras.append(table.drop_columns([idcol, "embedding"]))
     if emb is None:  # no rows at all: take D from the schema when it is fixed
-        dims = [_embedding_dim_from_type(pf.schema_arrow.field("embedding").type) for pf in pfs]
+        dims = [_embedding_dim_from_type(h.schema.to_arrow_schema().field("embedding").type) for h in heads]
         emb = np.empty((0, next((d for d in dims if d), 0)), np.float32)
-    ids_all = np.concatenate(ids_parts) if ids_parts else np.empty(0, object)
     columns: dict[str, np.ndarray] = {}
     if extras:
         merged = pa.concat_tables(extras, promote_options="permissive")
-        columns = {c: (_as_string(merged.column(c), c, files[0]) if c in STRING_COLUMNS[kind] else merged.column(c))
-                   .to_numpy() for c in merged.column_names}
+        for c in merged.column_names:
+            col = _as_string(merged.column(c), c, files[0]) if c in STRING_COLUMNS[kind] else merged.column(c)
+            columns[c] = col.to_numpy()
+    ids_all = np.concatenate(ids_parts) if ids_parts else np.empty(0, object)
     data = _KindData(ids_all, emb, columns, files, offsets)
     _check_unique(data, idcol)
     return data
@@ -391,11 +408,6 @@ def _check_unique(data: _KindData, idcol: str) -> None:
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
         raise StoreError(f"{data.file_of(row)}: duplicate {idcol} {data.ids[row]!r}")
-
-
-def _resolve_split_root(fs, root: str, shown_root: str) -> None:
-    if not _is_dir(fs, root):
-        raise StoreError(f"{shown_root}: no such store split directory")
 
 
 def load_split(path: str | os.PathLike, *, with_text: bool = True) -> SplitData:
@@ -409,17 +421,19 @@ def load_split(path: str | os.PathLike, *, with_text: bool = True) -> SplitData:
     """
     fs, root = open_fs(path)
     shown_root = os.fspath(path)
-    _resolve_split_root(fs, root, shown_root)
+    if not _is_dir(fs, root):
+        raise StoreError(f"{shown_root}: no such store split directory")
     manifest = _read_json(fs, _join(root, MANIFEST), _shown(shown_root, MANIFEST))
     if manifest is not None and int(manifest.get("schema_version", 1)) > SCHEMA_VERSION:
         raise StoreError(f"{_shown(shown_root, MANIFEST)}: schema_version {manifest['schema_version']} is "
                          f"newer than this e2i supports ({SCHEMA_VERSION})")
-    shards = {k: _shard_list(fs, root, manifest, k, shown_root) for k in KINDS}
-    if not shards["items"]:
+    item_shards = _shard_list(fs, root, manifest, "items", shown_root)
+    if not item_shards:
         raise StoreError(f"{_shown(shown_root, 'items')}: no parquet shards")
-    items = _read_kind(fs, root, shown_root, "items", shards["items"], None if with_text else ())
+    caption_shards = _shard_list(fs, root, manifest, "captions", shown_root)
+    items = _read_kind(fs, root, shown_root, "items", item_shards, None if with_text else ())
     cap_cols = ("item_id", "text") if with_text else ("item_id",)
-    caps = _read_kind(fs, root, shown_root, "captions", shards["captions"], cap_cols)
+    caps = _read_kind(fs, root, shown_root, "captions", caption_shards, cap_cols)
     cap_item_ids = caps.columns.get("item_id", np.empty(0, object))
     caption_item = pd.Index(items.ids).get_indexer(cap_item_ids).astype(np.int64)  # (M,), -1 = unknown
     if (caption_item < 0).any():
@@ -482,7 +496,9 @@ def _parquet_bytes(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     others = [c for c in table.column_names if c != "embedding"]
     compression = {c: "snappy" for c in others} | {"embedding": "none"}
-    pq.write_table(table, sink, compression=compression, use_dictionary=others)
+    dim = max(table.schema.field("embedding").type.list_size, 1)
+    rows_per_group = max(1024, _ROW_GROUP_BYTES // (4 * dim))  # several row groups -> parallel decode
+    pq.write_table(table, sink, compression=compression, use_dictionary=others, row_group_size=rows_per_group)
     return sink.getvalue()
 
 
@@ -493,7 +509,18 @@ class StoreWriter:
     ``finalize()`` lists every complete shard on storage (including earlier runs' and other processes'),
     re-checks cross-shard consistency and writes ``manifest.json`` last. Shards not written by this
     instance are hashed at finalize. ``clean_tmp=True`` removes temporary leftovers of killed runs on
-    open; pass False when several writers work in the same split concurrently.
+    open; pass False when several writers work in the same split concurrently. Re-opening a split whose
+    manifest names different ``encoders`` raises (embeddings of two encoders never mix).
+
+    Typical resumable loop (shard names must map to the same rows on every run, or skip by ids)::
+
+        w = StoreWriter("stores/toy/all", dataset="toy", split="all", encoders=encoders)
+        done = w.completed_shards("items")
+        for k, rows in enumerate(batches):
+            if f"part-{k:05d}" not in done:
+                w.write_shard("items", make_items_table(ids, paths, emb), f"part-{k:05d}")
+        w.write_rejected(rejected)           # [{source, id, reason}] or objects with those fields
+        manifest = w.finalize(extra={"corpus": "clotho"})
     """
 
     def __init__(self, path: str | os.PathLike, *, dataset: str, split: str, encoders: dict | None = None,
@@ -542,7 +569,7 @@ class StoreWriter:
         if known is not None and known["bytes"] == f.size:
             return known
         try:
-            rows = pq.ParquetFile(self.fs.open_input_file(f.path)).metadata.num_rows
+            rows = _num_rows(self.fs, f.path)
         except (OSError, pa.ArrowException):
             warnings.warn(f"{_shown(self.uri, rel)}: unreadable shard ignored (it will be rewritten)")
             return None
@@ -578,7 +605,7 @@ class StoreWriter:
         Rewriting an existing name replaces that shard. Ids must be unique across all shards of the kind.
         """
         _check_kind(kind)
-        name = name[: -len(".parquet")] if name.endswith(".parquet") else name
+        name = name.removesuffix(".parquet")
         if not name or "/" in name or name.startswith((".", "_")):
             raise StoreError(f"bad shard name {name!r} (no '/', must not start with '.' or '_')")
         rel = f"{kind}/{name}.parquet"
@@ -634,7 +661,7 @@ class StoreWriter:
         rej = _join(self.root, REJECTED)
         if _exists(self.fs, rej):  # listed as a shard of kind "rejected" so verify re-checks it too
             sha, size = _sha256_file(self.fs, rej)
-            counts["rejected"] = pq.ParquetFile(self.fs.open_input_file(rej)).metadata.num_rows
+            counts["rejected"] = _num_rows(self.fs, rej)
             all_shards.append({"path": REJECTED, "kind": "rejected", "rows": counts["rejected"],
                                "bytes": size, "sha256": sha})
         manifest = {
@@ -852,9 +879,9 @@ def split_summary(uri: str) -> dict:
         shards = _shard_list(fs, root, manifest, kind, uri)
         rows, dim = 0, None
         for rel, _ in shards:
-            pf = _open_shard(fs, root, rel, _shown(uri, rel), None, kind)
-            rows += pf.metadata.num_rows
-            dim = dim or _embedding_dim_from_type(pf.schema_arrow.field("embedding").type)
+            head = _shard_header(fs, root, rel, _shown(uri, rel), None, kind)
+            rows += head.num_rows
+            dim = dim or _embedding_dim_from_type(head.schema.to_arrow_schema().field("embedding").type)
         row[kind], row[f"{kind}_dim"], row[f"{kind}_shards"] = rows, dim, len(shards)
     row["rejected"] = (manifest or {}).get("counts", {}).get("rejected", 0)
     row["encoders"] = ", ".join(f"{m}={e.get('name', '?')}" for m, e in ((manifest or {}).get("encoders") or {}).items()
@@ -866,13 +893,19 @@ def split_summary(uri: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`e2i store verify|info|import-legacy`."""
     sub = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
-    v = sub.add_parser("verify", help="re-check sha256 of every shard against manifest.json and validate contents")
-    v.add_argument("dir", help="a split dir, a dataset dir (holding splits) or a store root; local or s3://")
-    i = sub.add_parser("info", help="print items/captions counts and embedding dims of every split as a table")
-    i.add_argument("dir", help="a split dir, a dataset dir or a store root; local or s3://")
-    from e2i import legacy  # local import: legacy pulls in torch only when used
+    helps = {
+        "verify": "re-check sha256 of every shard against manifest.json and validate contents (exit 1 on problems)",
+        "info": "print items/captions counts and embedding dims of every split as a table",
+        "import-legacy": "convert a legacy embedding cache (.pt pairs, COCO .pt + metadata.json, "
+                         "<model>/<dataset>/<split> parquet) into a store split",
+    }
+    cmds = {name: sub.add_parser(name, help=text, description=text) for name, text in helps.items()}
+    for name in ("verify", "info"):
+        cmds[name].add_argument("dir", help="a split dir, a dataset dir (holding splits) or a store root; "
+                                            "local or s3://bucket/prefix")
+    from e2i import legacy  # legacy imports torch lazily, only when a .pt file is read
 
-    legacy.add_arguments(sub.add_parser("import-legacy", help="convert a legacy embedding cache into a store split"))
+    legacy.add_arguments(cmds["import-legacy"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -910,6 +943,7 @@ def _run_info(path: str) -> int:
         r = split_summary(s)
         table.add_row(s[len(base) + 1:] or posixpath.basename(base), str(r["items"]), str(r["items_dim"]), str(r["captions"]), str(r["captions_dim"]),
                       str(r["rejected"]), r["encoders"], "yes" if r["manifest"] else "no")
-    Console().print(table)
+    console = Console()
+    Console(width=max(console.width, 140) if not console.is_terminal else None).print(table)
     print(f"e2i store info: {len(splits)} split(s) under {path}")
     return 0

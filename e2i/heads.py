@@ -1,0 +1,260 @@
+"""Projection heads: cached encoder embeddings -> a shared, L2-normalised retrieval space.
+
+One head per modality (same type, different input dims) maps item embeddings (audio/image) and
+caption embeddings into ``output_dim``. The temperature and the SigLIP logit bias are parameters of
+:class:`ContrastiveModel`, not of the heads, so every head type works with every loss.
+
+    model = build_model(ModelConfig(type="attention"), item_dim=768, caption_dim=1024)
+    item_z, cap_z = model(item_x, cap_x)            # (B, output_dim) each, unit norm
+    loss = loss_fn(item_z, cap_z, ids, model.logit_scale, model.bias)
+
+Pure torch: no ray import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from e2i.config import ModelConfig
+from e2i.errors import ConfigError
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps the inverse temperature at 100 to keep training stable
+
+
+class SigLIPHead(nn.Module):
+    """LayerNorm + Dropout + Linear: the lightest head (a linear map on normalised features).
+
+    Uses output_dim and dropout; ignores hidden_dim/num_heads/num_layers.
+    """
+
+    def __init__(self, in_dim: int, *, output_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, output_dim))
+
+    @classmethod
+    def from_config(cls, in_dim: int, cfg: ModelConfig) -> SigLIPHead:
+        return cls(in_dim, output_dim=cfg.output_dim, dropout=cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, in_dim) -> (B, output_dim)
+
+
+class CLIPHead(nn.Module):
+    """Linear-GELU-Dropout-Linear: CLIP-style projection MLP with one hidden layer.
+
+    The learnable temperature lives on :class:`ContrastiveModel` (``log_scale``).
+    Uses output_dim, hidden_dim, dropout.
+    """
+
+    def __init__(self, in_dim: int, *, output_dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, output_dim)
+        )
+
+    @classmethod
+    def from_config(cls, in_dim: int, cfg: ModelConfig) -> CLIPHead:
+        return cls(in_dim, output_dim=cfg.output_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, in_dim) -> (B, output_dim)
+
+
+class MLPHead(nn.Module):
+    """Plain MLP baseline: ``num_layers`` x (Linear-ReLU-Dropout) then Linear to output_dim.
+
+    ``num_layers=0`` is a single linear map. Uses output_dim, hidden_dim, dropout, num_layers.
+    """
+
+    def __init__(
+        self, in_dim: int, *, output_dim: int, hidden_dim: int, num_layers: int = 2, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden_dim
+        layers.append(nn.Linear(width, output_dim))
+        self.net = nn.Sequential(*layers)
+
+    @classmethod
+    def from_config(cls, in_dim: int, cfg: ModelConfig) -> MLPHead:
+        return cls(
+            in_dim,
+            output_dim=cfg.output_dim,
+            hidden_dim=cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, in_dim) -> (B, output_dim)
+
+
+class AttentionHead(nn.Module):
+    """Self-attention over tokens, mean pooling, projection to output_dim.
+
+    Two input layouts, fixed at construction:
+
+    * flat (default): x is (B, in_dim). The embedding is zero-padded to a multiple of ``num_tokens``
+      and split into ``num_tokens`` contiguous tokens of width ``ceil(in_dim / num_tokens)``.
+    * sequence (``sequence_input=True``): x is (B, T, in_dim) with T <= ``num_tokens`` (a store that
+      holds token sequences, e.g. PaSST frames); ``num_tokens`` is then the maximum length.
+
+    Each token is projected to ``hidden_dim`` (shared Linear), learned positional embeddings are added,
+    ``num_layers`` pre-norm TransformerEncoder layers (``num_heads`` heads, GELU, FFN 4 x hidden_dim)
+    mix the tokens, a final LayerNorm follows (pre-norm stacks need one), and the tokens are
+    **mean-pooled** (no CLS token: no extra parameter, and every token carries part of the embedding)
+    before a Linear to ``output_dim``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        output_dim: int,
+        hidden_dim: int,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        num_tokens: int = 8,
+        dropout: float = 0.0,
+        sequence_input: bool = False,
+    ) -> None:
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ConfigError(
+                f"attention head: num_heads ({num_heads}) must divide hidden_dim ({hidden_dim})"
+            )
+        self.in_dim, self.num_tokens, self.sequence_input = in_dim, num_tokens, sequence_input
+        self.token_dim = in_dim if sequence_input else math.ceil(in_dim / num_tokens)
+        self.pad = 0 if sequence_input else self.token_dim * num_tokens - in_dim
+        self.token_proj = nn.Linear(self.token_dim, hidden_dim)
+        self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden_dim))  # (1, T, H)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            hidden_dim,
+            num_heads,
+            dim_feedforward=4 * hidden_dim,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # enable_nested_tensor only applies to post-norm layers; off to avoid a warning.
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.proj = nn.Linear(hidden_dim, output_dim)
+
+    @classmethod
+    def from_config(cls, in_dim: int, cfg: ModelConfig, *, sequence_input: bool = False) -> AttentionHead:
+        return cls(
+            in_dim,
+            output_dim=cfg.output_dim,
+            hidden_dim=cfg.hidden_dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            num_tokens=cfg.num_tokens,
+            dropout=cfg.dropout,
+            sequence_input=sequence_input,
+        )
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> (B, T, token_dim) tokens (split flat embeddings, pass sequences through)."""
+        if self.sequence_input:
+            if x.dim() != 3 or x.shape[-1] != self.in_dim or x.shape[1] > self.num_tokens:
+                raise ValueError(
+                    f"attention head expects (B, T<={self.num_tokens}, {self.in_dim}) tokens, got {tuple(x.shape)}"
+                )
+            return x
+        if x.dim() != 2 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"attention head expects (B, {self.in_dim}) embeddings, got {tuple(x.shape)}")
+        x = F.pad(x, (0, self.pad))  # (B, T * token_dim), zero-padded at the end
+        return x.reshape(x.shape[0], self.num_tokens, self.token_dim)  # (B, T, token_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.tokens(x)  # (B, T, token_dim)
+        h = self.token_proj(t) + self.pos[:, : t.shape[1]]  # (B, T, H)
+        h = self.norm(self.encoder(h))  # (B, T, H)
+        return self.proj(h.mean(dim=1))  # mean pool -> (B, H) -> (B, output_dim)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "siglip": SigLIPHead,
+    "clip": CLIPHead,
+    "attention": AttentionHead,
+    "mlp": MLPHead,
+}
+
+
+def build_head(name: str, in_dim: int | tuple[int, int], cfg: ModelConfig) -> nn.Module:
+    """One head of type ``name`` for inputs of width ``in_dim``.
+
+    ``in_dim`` may be ``(T, D)`` for token sequences (attention head only): the head then takes
+    (B, T' <= T, D) inputs.
+    """
+    if name not in HEADS:
+        raise ConfigError(f"model.type: unknown head {name!r} (valid: {', '.join(HEADS)})")
+    if isinstance(in_dim, tuple):
+        if HEADS[name] is not AttentionHead:
+            raise ConfigError(
+                f"model.type: head {name!r} takes flat embeddings; token sequences need 'attention'"
+            )
+        max_len, width = in_dim
+        return AttentionHead.from_config(
+            width, dataclasses.replace(cfg, num_tokens=max_len), sequence_input=True
+        )
+    return HEADS[name].from_config(in_dim, cfg)
+
+
+class ContrastiveModel(nn.Module):
+    """Two heads into one shared space plus the contrastive scalars.
+
+    * ``log_scale``: learnable log of the inverse temperature, initialised to
+      ``log(1 / init_temperature)``; frozen when ``learn_temperature`` is False. The scale actually
+      used is ``logit_scale = exp(log_scale)`` clamped at 100 (as CLIP).
+    * ``bias``: SigLIP's logit bias, initialised to ``init_bias``; only the sigmoid loss uses it
+      (``loss_fn.uses_bias``). With a softmax loss it gets no gradient: freeze it
+      (``model.bias.requires_grad_(False)``) before wrapping in DDP, which rejects unused parameters.
+
+    Recommended inits: softmax losses (CLIP) ``init_temperature=0.07`` (scale 14.3); the sigmoid loss
+    (SigLIP paper) scale 10 and bias -10, i.e. ``init_temperature=0.1, init_bias=-10``.
+    """
+
+    def __init__(self, item_head: nn.Module, caption_head: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.item_head, self.caption_head = item_head, caption_head
+        self.output_dim = cfg.output_dim
+        init = torch.tensor(math.log(1.0 / cfg.init_temperature))
+        self.log_scale = nn.Parameter(init, requires_grad=cfg.learn_temperature)  # scalar
+        self.bias = nn.Parameter(torch.tensor(float(cfg.init_bias)), requires_grad=cfg.learn_temperature)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """exp(log_scale), clamped at 100; a differentiable scalar tensor."""
+        return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def encode_items(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.item_head(x), dim=-1)  # (B, output_dim), unit norm
+
+    def encode_captions(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.caption_head(x), dim=-1)  # (B, output_dim), unit norm
+
+    def forward(self, item_x: torch.Tensor, cap_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_items(item_x), self.encode_captions(cap_x)
+
+
+def build_model(
+    cfg: ModelConfig, item_dim: int | tuple[int, int], caption_dim: int | tuple[int, int]
+) -> ContrastiveModel:
+    """Item and caption heads of type ``cfg.type`` into ``cfg.output_dim``.
+
+    Dims are ints for flat embeddings, or ``(max_tokens, token_dim)`` for token sequences
+    (attention head only).
+    """
+    return ContrastiveModel(build_head(cfg.type, item_dim, cfg), build_head(cfg.type, caption_dim, cfg), cfg)

@@ -1,0 +1,283 @@
+"""Real Ray heads for tests, started as subprocesses: a plain local head (job submission) and a head
+with Ray's fake multi-node autoscaler (autoscaling checks on one machine).
+
+Usage::
+
+    from fake_cluster import fake_autoscaling_config, ray_head   # tests/ is on sys.path under pytest
+
+    cfg = fake_autoscaling_config(ROOT / "cluster.yaml", idle_timeout_minutes=0.1)
+    with ray_head(num_cpus=0, autoscaling_config=cfg) as head:
+        head.address        # "127.0.0.1:PORT" (GCS: RAY_ADDRESS for drivers, `ray status --address`)
+        head.dashboard_url  # "http://127.0.0.1:PORT" (`ray job submit --address`, state API)
+        head.env            # environment for CLI clients / drivers (token auth, RAY_ADDRESS)
+
+How the fake multi-node provider works in Ray 2.60 (`ray/autoscaler/_private/fake_multi_node/`):
+`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=X.yaml` with `provider.type:
+fake_multinode` runs the real autoscaler (monitor process); when it "launches" a node it starts a
+real raylet on this machine with the node type's `resources` (fake GPUs included) and terminates it
+when the node has been idle for `idle_timeout_minutes`. The head must be the node type
+`ray.head.default` (the provider tags the head with that name). `ray up` with the fake provider and
+`ray.cluster_utils.AutoscalingCluster` are broken in 2.60 (both need `fake_multi_node/example.yaml`,
+which the wheel does not ship), and `AutoscalingCluster` would also run `ray stop --force`, killing
+every Ray instance of this user on the machine.
+
+Each head gets its own short `--temp-dir` (unix socket paths must stay under ~107 chars), free
+ports, 127.0.0.1 only, and runs in its own process group with `--block`; teardown terminates that
+group, then kills any process still naming the head's temp dir (fake worker raylets included). We
+never call `ray stop` (it would stop other Ray instances on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider always tags the head with this type name
+
+# Fake resources per node type of cluster.yaml: same shape as the real machines (1 GPU vs 4 GPUs),
+# few CPUs so that one 2-core box can host a handful of these raylets.
+FAKE_RESOURCES: dict[str, dict[str, float]] = {
+    "gpu_1x": {"CPU": 1, "GPU": 1},
+    "gpu_4x": {"CPU": 2, "GPU": 4},
+}
+FAKE_OBJECT_STORE_BYTES = 100 * 1024**2  # per fake node (Ray's minimum is 75 MiB)
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def fake_autoscaling_config(
+    cluster_yaml: str | Path,
+    *,
+    idle_timeout_minutes: float = 0.1,
+    fake_resources: dict[str, dict[str, float]] | None = None,
+    head_resources: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """A `fake_multinode` autoscaling config with cluster.yaml's worker node types.
+
+    Keeps the worker type names, `min_workers`/`max_workers`, the cluster's `max_workers` and
+    `upscaling_speed`; replaces cloud `node_config`s by fake resources (`fake_resources[type]`,
+    default FAKE_RESOURCES) and the idle timeout by a short one. The head becomes
+    `ray.head.default` with `head_resources` (default: cluster.yaml's head resources, CPU 0).
+    `provider.gcs_address` is filled in by `ray_head` once the port is known.
+    """
+    src = yaml.safe_load(Path(cluster_yaml).read_text())
+    fake_resources = FAKE_RESOURCES if fake_resources is None else fake_resources
+    head_type = src["head_node_type"]
+    head_res = dict(src["available_node_types"][head_type].get("resources") or {}) if head_resources is None \
+        else dict(head_resources)
+    node_types: dict[str, Any] = {
+        FAKE_HEAD_TYPE: {"resources": head_res, "node_config": {}, "max_workers": 0},
+    }
+    for name, spec in src["available_node_types"].items():
+        if name == head_type:
+            continue
+        if name not in fake_resources:
+            raise KeyError(f"no fake resources for node type {name!r}; known: {sorted(fake_resources)}")
+        node_types[name] = {
+            "resources": {**fake_resources[name], "object_store_memory": FAKE_OBJECT_STORE_BYTES},
+            "node_config": {},
+            "min_workers": int(spec.get("min_workers", 0)),
+            "max_workers": int(spec["max_workers"]),
+        }
+    return {
+        "cluster_name": f"{src.get('cluster_name', 'e2i')}-fake",
+        "max_workers": int(src.get("max_workers", 10)),
+        "upscaling_speed": float(src.get("upscaling_speed", 1.0)),
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {},
+        "available_node_types": node_types,
+        "head_node_type": FAKE_HEAD_TYPE,
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@dataclass
+class RayHead:
+    proc: subprocess.Popen
+    temp_dir: str
+    port: int
+    dashboard_port: int
+    env: dict[str, str]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def run(self, args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
+        """A CLI command (e.g. `[RAY_BIN, "status", ...]`) with this head's environment."""
+        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 1.0) -> Any:
+    """Poll `predicate` until it returns a truthy value; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _dashboard_up(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/api/version", timeout=2).close()
+        return True
+    except urllib.error.HTTPError:  # any HTTP answer (401 without a token) means it is serving
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pids_naming(marker: str) -> list[int]:
+    """Processes whose command line contains `marker` (our unique temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_group(proc: subprocess.Popen, marker: str, grace: float = 20.0) -> None:
+    """SIGTERM the head's process group (`ray start --block` then stops its processes), wait, SIGKILL
+    whatever is left in the group or still names our temp dir."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while _pids_naming(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _pids_naming(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def ray_head(
+    *,
+    num_cpus: float = 2,
+    num_gpus: float = 0,
+    autoscaling_config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Iterator[RayHead]:
+    """Start `ray start --head --block` on 127.0.0.1 with the dashboard (job API) on a free port.
+
+    With `autoscaling_config` (see `fake_autoscaling_config`) the head runs the fake multi-node
+    autoscaler (`RAY_FAKE_CLUSTER=1`). Token auth comes from the environment (`RAY_AUTH_MODE=token`,
+    `RAY_AUTH_TOKEN`; tests/conftest.py sets both), never from a token file.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="e2i-ray-", dir="/tmp")  # short: socket paths live under it
+    port, dash_port = free_port(), free_port()
+    head_env = {**os.environ, **(env or {})}
+    head_env.pop("RAY_ADDRESS", None)
+    head_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    cmd = [
+        RAY_BIN, "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", "127.0.0.1", "--port", str(port),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--include-dashboard", "true",
+        "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
+        "--object-store-memory", str(FAKE_OBJECT_STORE_BYTES * 2),
+        "--temp-dir", temp_dir,
+        # every other port Ray opens: free ones, so parallel heads on this machine do not collide
+        "--ray-client-server-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+        "--min-worker-port", "0", "--max-worker-port", "0",
+    ]
+    if autoscaling_config is not None:
+        cfg = copy.deepcopy(autoscaling_config)
+        cfg["provider"]["gcs_address"] = f"127.0.0.1:{port}"  # the provider assumes :6379 otherwise
+        cfg_path = Path(temp_dir) / "autoscaling.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        cmd.append(f"--autoscaling-config={cfg_path}")
+        head_env["RAY_FAKE_CLUSTER"] = "1"
+        head_env["AUTOSCALER_UPDATE_INTERVAL_S"] = "1"  # react within seconds, not 5 s ticks
+    log_path = Path(temp_dir) / "head.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client_env = {**head_env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    client_env.pop("RAY_FAKE_CLUSTER", None)
+    head = RayHead(proc, temp_dir, port, dash_port, client_env, log_path)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {proc.returncode}:\n{head.log()[-4000:]}")
+            return _dashboard_up(head.dashboard_url)
+
+        wait_for(ready, timeout=timeout, what=f"the Ray head's dashboard on {head.dashboard_url}")
+        yield head
+    finally:
+        _kill_group(proc, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def dashboard_json(head: RayHead, path: str) -> Any:
+    """GET a dashboard endpoint with the token (`Authorization: Bearer <RAY_AUTH_TOKEN>`)."""
+    req = urllib.request.Request(f"{head.dashboard_url}{path}")
+    token = head.env.get("RAY_AUTH_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
