@@ -281,6 +281,8 @@ def export_pseudo_images(split_dir: str | os.PathLike, images_dir: str | os.Path
         _check(kind, KIND_ID, "modalities")
     _check(mode, MODES, "image mode")
     _check(channel_mode, CHANNEL_MODES, "image channel mode")
+    if int(image_size) < 1 or int(batch_size) < 1:
+        raise ConfigError(f"image size and batch size must be >= 1 (got {image_size}, {batch_size})")
     opts = {"image_size": int(image_size), "mode": mode, "channel_mode": channel_mode,
             "clip_values": bool(clip_values)}
     fs, root, manifest = _split_info(split_dir)
@@ -297,6 +299,16 @@ def export_pseudo_images(split_dir: str | os.PathLike, images_dir: str | os.Path
         counts[modality] = int(written.sum("written") or 0)
     _write_meta(out_fs, out_root, split_dir, opts, counts)
     return counts
+
+
+def export_split(split_dir: str | os.PathLike, images_dir: str | os.PathLike | None = None, **options: Any) -> dict:
+    """:func:`export_pseudo_images` for `e2i cache --with-images`; returns a summary for its report:
+    ``{"images_dir", "counts": {modality: n}, "options", "seconds"}``."""
+    start = time.perf_counter()
+    counts = export_pseudo_images(split_dir, images_dir, **options)
+    base = os.fspath(images_dir if images_dir is not None else split_dir).rstrip("/")
+    return {"images_dir": f"{base}/pseudo_images", "counts": counts, "options": dict(options),
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _write_meta(fs, root: str, split_dir: str, opts: dict, counts: dict[str, int]) -> None:
@@ -318,12 +330,8 @@ def _write_meta(fs, root: str, split_dir: str, opts: dict, counts: dict[str, int
 
 
 # ============================================================================================ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", required=True,
-                        help="a store split dir, or a dataset/root dir: every split found under it is exported")
-    parser.add_argument("--images-dir", default=None,
-                        help="where pseudo_images/ goes (default: inside each split dir; with several splits "
-                             "<images-dir>/<split>/pseudo_images/)")
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """The layout flags (shared with `e2i cache --with-images`); read back with :func:`image_options`."""
     parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs in pixels")
     parser.add_argument("--image-mode", choices=MODES, default="nearest",
                         help="upsampling of the embedding grid (nearest keeps it invertible)")
@@ -331,6 +339,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split: the embedding is spread over R, G, B; replicate: grey, same grid in all three")
     parser.add_argument("--clip-values", action="store_true",
                         help="clamp to [-1, 1] and normalise with that fixed range (default: per-vector min-max)")
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`export_pseudo_images` from the flags of :func:`add_image_options`."""
+    return {"image_size": args.image_size, "mode": args.image_mode, "channel_mode": args.image_channel_mode,
+            "clip_values": args.clip_values}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True,
+                        help="a store split dir, or a dataset/root dir: every split found under it is exported")
+    parser.add_argument("--images-dir", default=None,
+                        help="where pseudo_images/ goes (default: inside each split dir; with several splits "
+                             "<images-dir>/<split>/pseudo_images/)")
+    add_image_options(parser)
     parser.add_argument("--kinds", nargs="+", choices=tuple(KIND_ID), default=["items", "captions"],
                         help="which embeddings to export")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch")
@@ -352,9 +375,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.images_dir
         if out is not None and len(splits) > 1:
             out = out.rstrip("/") + "/" + posixpath.basename(split.rstrip("/"))
-        counts = export_pseudo_images(split, out, args.kinds, image_size=args.image_size, mode=args.image_mode,
-                                      channel_mode=args.image_channel_mode, clip_values=args.clip_values,
-                                      batch_size=args.batch_size)
+        counts = export_pseudo_images(split, out, args.kinds, batch_size=args.batch_size, **image_options(args))
         shown = ", ".join(f"{n} {m}" for m, n in counts.items())
         print(f"{split}: {shown} -> {(out or split).rstrip('/')}/pseudo_images/")
         for m, n in counts.items():

@@ -104,7 +104,7 @@ def init_wandb(cfg: TrainConfig, run_dir: str | os.PathLike):
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity,
                       name=cfg.logging.run_name or cfg.name, config=cfg.to_dict(), dir=str(run_dir), mode=mode,
-                      reinit="finish_previous")
+                      reinit="finish_previous", settings=wandb.Settings(quiet=True))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: boo
 
     item_z, cap_z = embed_split(model, data)
     raw = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False)
-    out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith("/ci95")}
+    out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith(("/ci95", "/num_queries"))}
     order = torch.randperm(data.num_captions, generator=torch.Generator().manual_seed(0)).to(cap_z.device)
     n_batches, size = global_batches(data.num_captions, batch_size, 1)
     losses = []

@@ -449,6 +449,7 @@ def _write_experiment_json(space: TuneSpace, exp_path: str, fs) -> None:
         "metric": space.metric, "objective": objective_key(space.metric), "mode": space.mode,
         "scheduler": vars(space.scheduler), "rungs": space.scheduler.rungs(),
         "num_samples": space.search.num_samples, "params": [p.key for p in space.params],
+        "base": space.base,
     }
     space.experiment_dir.mkdir(parents=True, exist_ok=True)
     (space.experiment_dir / "experiment.json").write_text(json.dumps(info, indent=1))

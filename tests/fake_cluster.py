@@ -51,11 +51,14 @@ import yaml
 
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider always tags the head with this type name
 
-# Fake resources per node type of cluster.yaml: same shape as the real machines (1 GPU vs 4 GPUs),
-# few CPUs so that one 2-core box can host a handful of these raylets.
+# Fake (logical) resources per node type of cluster.yaml, shaped like the real machines: gpu_1x is a
+# g5.xlarge (4 vCPU, 1 GPU), gpu_4x a g5.12xlarge (48 vCPU, 4 GPUs) scaled down to 16 CPUs so fake
+# raylets stay light. The CPU:GPU ratio matters: the autoscaler picks the node type whose resources
+# a demand uses best, so with e.g. {CPU: 1, GPU: 1} vs {CPU: 2, GPU: 4} a Ray Data job (1-CPU read
+# tasks + 1-GPU actors) would get one gpu_4x instead of two gpu_1x.
 FAKE_RESOURCES: dict[str, dict[str, float]] = {
-    "gpu_1x": {"CPU": 1, "GPU": 1},
-    "gpu_4x": {"CPU": 2, "GPU": 4},
+    "gpu_1x": {"CPU": 4, "GPU": 1},
+    "gpu_4x": {"CPU": 16, "GPU": 4},
 }
 FAKE_OBJECT_STORE_BYTES = 100 * 1024**2  # per fake node (Ray's minimum is 75 MiB)
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
