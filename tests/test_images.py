@@ -136,30 +136,23 @@ def test_export_writes_one_invertible_png_per_row(ray_local, tmp_path):
     assert pq.read_table(split / "items").num_rows == 6  # the store itself is untouched
 
 
-def test_export_without_manifest_infers_image_items(ray_local, tmp_path):
-    split = tmp_path / "foreign"
-    items, _ = _small_store(split, with_manifest=False, ext=".jpg")
-    out = tmp_path / "out"
-    counts = images.export_pseudo_images(split, out, modalities=("items",), channel_mode="replicate",
-                                         clip_values=True, mode="bicubic")
-    assert counts == {"image": 6}
-    img = np.asarray(Image.open(out / "pseudo_images" / "image" / png_name("clip3.jpg")))
-    assert img.shape == (128, 128, 3) and (img[..., 0] == img[..., 2]).all()
-    with pytest.raises(ConfigError, match="modalities"):
-        images.export_pseudo_images(split, out, modalities=("audio",))
-
-
-def test_cli_images(ray_local, tmp_path, capsys):
+def test_cli_images_on_a_foreign_split(ray_local, tmp_path, capsys):
+    """No manifest: items are images by their path extension; flags reach the layout."""
     from e2i.cli import main
 
-    _small_store(tmp_path / "toy" / "train")
-    _small_store(tmp_path / "toy" / "val")
+    split = tmp_path / "foreign" / "all"
+    _small_store(split, with_manifest=False, ext=".jpg")
     out = tmp_path / "imgs"
-    rc = main(["images", "--store", str(tmp_path / "toy"), "--images-dir", str(out), "--image-size", "24",
-               "--image-mode", "nearest", "--image-channel-mode", "split", "--kinds", "captions"])
+    rc = main(["images", "--store", str(tmp_path / "foreign"), "--images-dir", str(out), "--image-size", "24",
+               "--image-mode", "bicubic", "--image-channel-mode", "replicate", "--clip-values", "--kinds", "items"])
     assert rc == 0
-    for split in ("train", "val"):
-        files = os.listdir(out / split / "pseudo_images" / "text")
-        assert len(files) == 12
-    assert "pseudo-images: 24 PNGs from 2 split(s)" in capsys.readouterr().out
+    files = sorted(os.listdir(out / "pseudo_images" / "image"))
+    assert files == sorted(png_name(f"clip{i}.jpg") for i in range(6))
+    img = np.asarray(Image.open(out / "pseudo_images" / "image" / files[0]))
+    assert img.shape == (24, 24, 3) and (img[..., 0] == img[..., 2]).all()  # replicate = grey
+    meta = json.loads((out / "pseudo_images" / "meta.json").read_text())
+    assert meta["options"] == {"image_size": 24, "mode": "bicubic", "channel_mode": "replicate", "clip_values": True}
+    assert "pseudo-images: 6 PNGs from 1 split(s)" in capsys.readouterr().out
     assert main(["images", "--store", str(tmp_path / "nothing")]) == 2
+    with pytest.raises(ConfigError, match="modalities"):
+        images.export_pseudo_images(split, out, modalities=("audio",))
