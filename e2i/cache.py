@@ -53,7 +53,6 @@ from e2i.errors import ConfigError, CorpusError, StoreError
 ERROR = "error"
 KEEP = {"items": ("item_id", "path"), "captions": ("caption_id", "item_id", "text")}
 ID = {"items": "item_id", "captions": "caption_id"}
-DEBUG_COLUMNS = ("_pid", "_gpu_ids", "_device")  # where each row was embedded (checks GPU placement)
 DEFAULTS = {"audio": "passt", "text": "hf-text", "image": "hf-image"}
 LIGHT = {"audio": "logmel-stats", "text": "ngram-hash", "image": "image-stats"}
 MAX_BLOCKS = 2000  # cap on input blocks: ~batch_size rows per block, without millions of tiny tasks
@@ -67,9 +66,11 @@ def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = Non
     GPUs: one actor per GPU (``num_actors`` caps it; more actors than GPUs could never be scheduled),
     ``num_gpus=1`` each; the actors keep Ray Data's default of one CPU each unless that would take more
     than half the CPUs (then fractional). CPU only: ``num_actors`` (default: half the CPUs, at least one)
-    with fractional ``num_cpus`` so the actors together hold at most half of the CPUs. With whole CPUs a
-    2-CPU node deadlocks: the actors hold both CPUs and the read/preprocess tasks never run.
-    ``num_batches`` (the work of a phase) caps the pool: an actor that would get no batch is not started.
+    with at most half a CPU each, for two reasons: with whole CPUs a 2-CPU node deadlocks (the actors
+    hold both CPUs and the read/preprocess tasks never run), and Ray Data fuses a task stage into the
+    next actor stage when their resource requests are equal, which would move decoding into the actors
+    (no overlap of decode and embed). ``num_batches`` (the work of a phase) caps the pool: an actor that
+    would get no batch is not started.
     """
     cpus, gpus = float(cluster.get("CPU", 1.0)), int(cluster.get("GPU", 0))
     if num_actors is not None and num_actors < 1:
@@ -83,7 +84,7 @@ def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = Non
             kwargs["num_cpus"] = cpus / (2 * n)
     else:
         n = num_actors or max(1, int(cpus // 2))
-        kwargs = {"num_cpus": min(1.0, cpus / (2 * n))}
+        kwargs = {"num_cpus": min(0.5, cpus / (2 * n))}
     if num_batches is not None:
         n = max(1, min(n, num_batches))
     kwargs["compute"] = ray.data.ActorPoolStrategy(size=n)
@@ -95,8 +96,8 @@ class EmbedBatch:
     embeds one preprocessed batch and returns the store columns + ``embedding`` (B, D) + ``error``.
 
     Rows with a preprocess error, or a non-finite embedding, keep their ``error`` (and a zero embedding
-    so the column stays finite); the driver routes them to rejected.parquet. ``_pid``/``_gpu_ids``/
-    ``_device`` record where each row was computed.
+    so the column stays finite); the driver routes them to rejected.parquet. Debug columns record where
+    each row was decoded (``_prep_pid``) and embedded (``_pid``, ``_gpu_ids``, ``_device``).
     """
 
     def __init__(self, encoder: Any, keep: tuple[str, ...]) -> None:
@@ -110,6 +111,8 @@ class EmbedBatch:
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = dict(batch)
+        prep_pid = batch.pop("_prep_pid")
         errors = np.array([str(e) for e in batch[ERROR]], dtype=object)  # (B,)
         emb = np.asarray(self.encoder.embed(batch), dtype=np.float32)  # (B, D); NaN rows where error != ""
         bad_output = (errors == "") & ~np.isfinite(emb).all(axis=1)
@@ -117,9 +120,16 @@ class EmbedBatch:
         emb[errors != ""] = 0.0
         n = len(errors)
         out = {k: batch[k] for k in self.keep}
-        out.update(embedding=emb, error=errors, _pid=np.full(n, self.pid, dtype=np.int64),
+        out.update(embedding=emb, error=errors, _prep_pid=prep_pid, _pid=np.full(n, self.pid, dtype=np.int64),
                    _gpu_ids=np.full(n, self.gpu_ids, dtype=object), _device=np.full(n, self.device, dtype=object))
         return out
+
+
+def preprocess_batch(batch: dict[str, np.ndarray], encoder: Any) -> dict[str, np.ndarray]:
+    """The CPU-task stage: ``encoder.preprocess`` + ``_prep_pid`` (which worker decoded the rows)."""
+    out = encoder.preprocess(batch)
+    out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
+    return out
 
 
 def embed_stream(rows: list[dict], encoder: Any, kind: str, *, batch_size: int,
@@ -129,7 +139,8 @@ def embed_stream(rows: list[dict], encoder: Any, kind: str, *, batch_size: int,
 
     blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / batch_size)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(encoder.preprocess, batch_size=batch_size, batch_format="numpy")
+    ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoder": encoder}, batch_size=batch_size,
+                        batch_format="numpy", num_cpus=1)
     ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoder": encoder, "keep": KEEP[kind]},
                         batch_size=batch_size, batch_format="numpy", **resources)
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -230,7 +241,8 @@ class PhaseStats:
     rejected: int = 0  # rejected by this run (preprocess error, non-finite output, item rejected)
     seconds: float = 0.0
     dim: int | None = None
-    placement: set = field(default_factory=set)  # {(pid, gpu_ids, device)}
+    placement: set = field(default_factory=set)  # {(actor pid, gpu_ids, device)}
+    preprocess_pids: set = field(default_factory=set)  # worker pids of the preprocess tasks
     pool: dict | None = None  # what the actor pool requested: actors, num_gpus, num_cpus
 
 
@@ -325,6 +337,7 @@ class CacheRun:
             stats.rejected += int((~ok).sum())
             stats.placement.update(zip(batch["_pid"].tolist(), batch["_gpu_ids"].tolist(),
                                        batch["_device"].tolist()))
+            stats.preprocess_pids.update(batch["_prep_pid"].tolist())
             stats.dim = int(batch["embedding"].shape[1])
             for info in buffer.add({k: batch[k][ok] for k in (*KEEP[kind], "embedding")}):
                 self._on_shard(info)
@@ -507,7 +520,7 @@ def _summary(out: Path, dataset: str, data: Any, kind: str, run: CacheRun, manif
         "store": str(out), "dataset": dataset, "split": data.split, "corpus": kind,
         **{k: {"total": s.total, "skipped": s.skipped, "embedded": s.embedded, "rejected": s.rejected,
                "seconds": round(s.seconds, 3), "rows_per_s": round(s.embedded / s.seconds, 2) if s.seconds else None,
-               "dim": s.dim, "pool": s.pool,
+               "dim": s.dim, "pool": s.pool, "preprocess_pids": sorted(s.preprocess_pids),
                "placement": [{"pid": p, "gpu_ids": g, "device": d} for p, g, d in sorted(s.placement)]}
            for k, s in stats.items()},
         "rejected": {"corpus": len(data.rejected), "pipeline": sum(s.rejected for s in stats.values()),
@@ -542,6 +555,10 @@ def print_summary(summary: dict) -> None:
             f"{pool['num_gpus']} GPU / {pool['num_cpus']} CPU; rejected: {rej['corpus']} by the reader + "
             f"{rej['pipeline']} in the pipeline ({rej['stored']} in rejected.parquet)")
     console.print(line, highlight=False)
+    if summary["images"]:
+        im = summary["images"]
+        console.print(f"pseudo-images: {', '.join(f'{n} {m}' for m, n in im['counts'].items())} -> "
+                      f"{im['images_dir']}", highlight=False)
     if summary["mirror"]:
         m = summary["mirror"]
         status = "ok" if not m["failed"] else f"{len(m['failed'])} FAILED: " + "; ".join(
@@ -604,6 +621,8 @@ def encoder_options_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from e2i import images
+
     a = parser.add_argument
     a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file, image folder")
     a("--corpus", choices=("clotho", "coco", "jsonl", "imagefolder"), help="corpus kind (default: inferred)")
@@ -623,7 +642,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--curate-captions", action="store_true", help="fix common caption typos/spacing before embedding")
     a("--num-actors", type=int, help="embedding actors (default: one per GPU, else half the CPUs)")
     a("--shard-size", type=int, default=10_000, help="rows per store shard, the unit of resume (default: 10000)")
-    a("--with-images", action="store_true", help="also write pseudo-images of the embeddings (e2i.images)")
+    a("--with-images", action="store_true",
+      help="also write pseudo-images of the embeddings under <split>/pseudo_images/ (e2i.images)")
+    images.add_image_options(parser)
     a("--mirror", help="copy the split to s3://bucket/prefix, hf://datasets/owner/repo[/prefix] or a local dir")
     a("--upload-every", type=int, help="with a mirror: upload every N embedded rows too (default: only at the end)")
     a("--include-embeddings", action="store_true",
@@ -636,6 +657,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e2i.images import image_options
     from e2i.mirror import hf_uri
 
     if args.hf_dataset and args.mirror:
@@ -649,7 +671,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, audio_encoder=args.audio_encoder, text_encoder=args.text_encoder,
         image_encoder=args.image_encoder, encoder_options=encoder_options_from_args(args),
         curate_captions=args.curate_captions, num_actors=args.num_actors, shard_size=args.shard_size,
-        with_images=args.with_images, mirror=mirror, upload_every=args.upload_every,
+        with_images=args.with_images, image_options=image_options(args), mirror=mirror,
+        upload_every=args.upload_every,
         include_embeddings=args.include_embeddings, hf_token=args.hf_token or os.environ.get("HF_TOKEN"))
     return 1 if summary["mirror"] and summary["mirror"]["failed"] else 0
 

@@ -56,8 +56,10 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path}: refused or unreadable torch file "
-                                  f"(only plain tensors are loaded, weights_only=True): {reason}") from None
+            raise CheckpointError(
+                f"{path}: refused or unreadable torch file "
+                f"(only plain tensors are loaded, weights_only=True): {reason}"
+            ) from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")
         return state
@@ -65,7 +67,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?): {reason}") from None
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file (truncated or corrupt?): {reason}"
+        ) from None
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -93,8 +97,15 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    loss_fn: torch.nn.Module, progress: dict, config: dict) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    progress: dict,
+    config: dict,
+) -> Path:
     """Write the four checkpoint files into ``directory`` (created); returns it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -118,9 +129,13 @@ def read_progress(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def load_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    loss_fn: torch.nn.Module | None = None) -> dict:
+def load_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: torch.nn.Module | None = None,
+) -> dict:
     """Restore model (+ optimizer, loss buffers) in place from ``directory``; returns progress.json."""
     directory = Path(directory)
     progress = read_progress(directory)
@@ -130,7 +145,7 @@ def load_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module,
         if optimizer is not None:
             optimizer.load_state_dict(_unflatten_optimizer(state, progress["optimizer"]))
         if loss_fn is not None:
-            loss_state = {k[len("loss."):]: v for k, v in state.items() if k.startswith("loss.")}
+            loss_state = {k[len("loss.") :]: v for k, v in state.items() if k.startswith("loss.")}
             load_into(loss_fn, loss_state, directory / STATE_FILE)
     return progress
 
@@ -142,10 +157,14 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{path}: does not match the model ({what}; "
-                              f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise CheckpointError(
+            f"{path}: does not match the model ({what}; "
+            f"{len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
-                                  f"{tuple(own[key].shape)} (config and checkpoint disagree)")
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)} (config and checkpoint disagree)"
+            )
     module.load_state_dict(state)

@@ -57,4 +57,4 @@ def get_encoder(name: str, **options: Any) -> Encoder:
     return ENCODERS[name](**options)
 
 
-__all__ = ["ENCODERS", "ERROR", "Encoder", "LIGHT_DEFAULTS", "get_encoder"]
+__all__ = ["ENCODERS", "ERROR", "LIGHT_DEFAULTS", "Encoder", "get_encoder"]

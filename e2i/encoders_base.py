@@ -48,8 +48,9 @@ class Encoder:
         fields = [f.name for f in dataclasses.fields(self.Options)]
         unknown = sorted(set(options) - set(fields))
         if unknown:
-            raise ConfigError(f"encoder '{self.name}': unknown option '{unknown[0]}' "
-                              f"(valid: {', '.join(fields)})")
+            raise ConfigError(
+                f"encoder '{self.name}': unknown option '{unknown[0]}' (valid: {', '.join(fields)})"
+            )
         try:
             self.opts = self.Options(**options)
         except (TypeError, ValueError) as e:
@@ -180,7 +181,7 @@ def read_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
     try:
         with sf.SoundFile(path) as f:
             sr = int(f.samplerate)
-            frames = f.frames if max_seconds is None else min(f.frames, int(math.ceil(max_seconds * sr)))
+            frames = f.frames if max_seconds is None else min(f.frames, math.ceil(max_seconds * sr))
             data = f.read(frames=frames, dtype="float32", always_2d=True)  # (T, C)
         return data, sr
     except Exception as sf_err:  # noqa: BLE001 - any decoder failure is a per-row rejection
@@ -190,7 +191,7 @@ def read_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
             wav, sr = torchaudio.load(path)  # (C, T)
             data = wav.numpy().T.astype(np.float32)
             if max_seconds is not None:
-                data = data[: int(math.ceil(max_seconds * sr))]
+                data = data[: math.ceil(max_seconds * sr)]
             return data, int(sr)
         except Exception:  # noqa: BLE001
             raise InputError(f"unreadable audio: {_first_line(sf_err)}") from None
@@ -206,8 +207,9 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
 
-def load_audio(path: Any, *, sample_rate: int, max_seconds: float | None = None,
-               min_sample_rate: int = 8000) -> np.ndarray:
+def load_audio(
+    path: Any, *, sample_rate: int, max_seconds: float | None = None, min_sample_rate: int = 8000
+) -> np.ndarray:
     """Decode, mix to mono, resample to ``sample_rate``, crop: (T,) float32. Raises InputError for
     missing/unreadable files, sample rates below ``min_sample_rate``, empty or non-finite audio."""
     if not isinstance(path, str) or not path:
@@ -222,14 +224,15 @@ def load_audio(path: Any, *, sample_rate: int, max_seconds: float | None = None,
         raise InputError("audio contains NaN/inf samples")
     mono = resample(mono, sr, sample_rate)
     if max_seconds is not None:
-        mono = mono[: int(round(max_seconds * sample_rate))]
+        mono = mono[: round(max_seconds * sample_rate)]
     if mono.size == 0:
         raise InputError("empty audio (0 samples after resampling)")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def preprocess_audio(batch: dict[str, np.ndarray], *, sample_rate: int,
-                     max_seconds: float | None) -> dict[str, np.ndarray]:
+def preprocess_audio(
+    batch: dict[str, np.ndarray], *, sample_rate: int, max_seconds: float | None
+) -> dict[str, np.ndarray]:
     """Adds ``audio`` (object array of (T,) float32 at ``sample_rate``; empty for bad rows),
     ``num_samples`` (int64) and ``error``."""
     waves, errors = [], []

@@ -31,14 +31,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e2i.encoders_base import (DTYPES, ERROR, Encoder, InputError, check_choice, check_text, load_image,
-                               object_column, resolve_dtype)
+from e2i.encoders_base import (
+    DTYPES,
+    ERROR,
+    Encoder,
+    InputError,
+    check_choice,
+    check_text,
+    load_image,
+    object_column,
+    resolve_dtype,
+)
 from e2i.errors import ConfigError
 
 E5_INSTRUCTION = "Given an audio or image caption, retrieve the recording or picture it describes"
 POOLINGS = ("auto", "cls", "mean", "last-token")
-DECODER_TYPES = {"mistral", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "gpt2",
-                 "gpt_neox", "falcon", "mixtral"}
+DECODER_TYPES = {
+    "mistral",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "falcon",
+    "mixtral",
+}
 MEAN_POOL_HINTS = ("sentence-transformers/", "all-minilm", "all-mpnet", "e5-", "gte-", "bge-m3")
 
 
@@ -51,27 +73,31 @@ def _config(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model, revision=revision, token=_token(),
-                                          trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as e:
-        raise ConfigError(f"encoder model '{model}': cannot load its config "
-                          f"({str(e).strip().splitlines()[0]})") from None
+        raise ConfigError(
+            f"encoder model '{model}': cannot load its config ({str(e).strip().splitlines()[0]})"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model, revision=revision, token=_token(),
-                                         trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(
+        model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _processor(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(model, revision=revision, token=_token(),
-                                              trust_remote_code=trust_remote_code)
+    return AutoImageProcessor.from_pretrained(
+        model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
+    )
 
 
 def _is_decoder(config) -> bool:
@@ -126,8 +152,11 @@ class HFTextEncoder(Encoder):
         if instruction == "auto":
             name = o.model.lower()
             instruction = E5_INSTRUCTION if "e5" in name and "instruct" in name else None
-        self.options.update(pooling=pooling, instruction=instruction,
-                            append_eos=pooling == "last-token" if o.append_eos is None else o.append_eos)
+        self.options.update(
+            pooling=pooling,
+            instruction=instruction,
+            append_eos=pooling == "last-token" if o.append_eos is None else o.append_eos,
+        )
 
     def _tok(self):
         o = self.opts
@@ -145,7 +174,9 @@ class HFTextEncoder(Encoder):
         texts = [str(batch["text"][i]) for i in ok]
         if instruction:
             texts = [f"Instruct: {instruction}\nQuery: {t}" for t in texts]
-        encoded = tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"] if texts else []
+        encoded = (
+            tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"] if texts else []
+        )
         ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(errors)
         specials = set(tok.all_special_ids)
         for i, seq in zip(ok, encoded):
@@ -157,7 +188,7 @@ class HFTextEncoder(Encoder):
                     errors[i] = f"text too long: {len(seq)} tokens > max_length {limit}"
                     continue
                 # keep the trailing special token (</s>, EOS) as the tokenizer's own truncation would
-                seq = seq[:limit - 1] + [seq[-1]] if seq[-1] in specials else seq[:limit]
+                seq = seq[: limit - 1] + [seq[-1]] if seq[-1] in specials else seq[:limit]
             ids[i] = np.asarray(seq, dtype=np.int64)
         out = dict(batch)
         out["input_ids"] = object_column(ids)
@@ -170,8 +201,9 @@ class HFTextEncoder(Encoder):
 
         o = self.opts
         dtype = resolve_dtype(o.dtype, device)
-        model = AutoModel.from_pretrained(o.model, revision=o.revision, token=_token(), dtype=dtype,
-                                          trust_remote_code=o.trust_remote_code)
+        model = AutoModel.from_pretrained(
+            o.model, revision=o.revision, token=_token(), dtype=dtype, trust_remote_code=o.trust_remote_code
+        )
         self._rt["model"] = model.to(device).eval()
         config = _config(o.model, o.revision, o.trust_remote_code)
         pad = getattr(config, "pad_token_id", None)
@@ -186,7 +218,7 @@ class HFTextEncoder(Encoder):
         ids = np.full((len(seqs), width), self._rt["pad_id"], dtype=np.int64)  # (B, T) right-padded
         mask = np.zeros((len(seqs), width), dtype=np.int64)  # (B, T) 1 = real token
         for i, s in enumerate(seqs):
-            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+            ids[i, : len(s)], mask[i, : len(s)] = s, 1
         ids_t = torch.from_numpy(ids).to(self.device)
         mask_t = torch.from_numpy(mask).to(self.device)
         with torch.inference_mode():
@@ -215,7 +247,9 @@ def pool(hidden, mask, pooling: str):
 # =============================================================================================== image
 @dataclass(frozen=True)
 class HFImageOptions:
-    model: str = "google/siglip-base-patch16-224"  # or openai/clip-vit-base-patch32, facebook/dinov2-base, a dir
+    model: str = (
+        "google/siglip-base-patch16-224"  # or openai/clip-vit-base-patch32, facebook/dinov2-base, a dir
+    )
     dtype: str = "auto"
     normalize: bool = False  # L2-normalise outputs
     revision: str | None = None
@@ -242,8 +276,13 @@ def vision_model_class(model_type: str):
     """transformers class for a config ``model_type`` (vision towers of dual encoders, or AutoModel)."""
     import transformers as tf
 
-    classes = {"siglip": "SiglipVisionModel", "siglip_vision_model": "SiglipVisionModel",
-               "clip": "CLIPVisionModel", "clip_vision_model": "CLIPVisionModel", "dinov2": "Dinov2Model"}
+    classes = {
+        "siglip": "SiglipVisionModel",
+        "siglip_vision_model": "SiglipVisionModel",
+        "clip": "CLIPVisionModel",
+        "clip_vision_model": "CLIPVisionModel",
+        "dinov2": "Dinov2Model",
+    }
     return getattr(tf, classes.get(model_type, "AutoModel"))
 
 
@@ -278,8 +317,9 @@ class HFImageEncoder(Encoder):
                 errors.append(str(e))
         good = [i for i, im in enumerate(images) if im is not None]
         # bad rows get zeros of the processor's output shape (from a blank image if no row decoded)
-        values = proc(images=[images[i] for i in good] or [Image.new("RGB", (8, 8))],
-                      return_tensors="np")["pixel_values"]
+        values = proc(images=[images[i] for i in good] or [Image.new("RGB", (8, 8))], return_tensors="np")[
+            "pixel_values"
+        ]
         pixels = np.zeros((len(images),) + values.shape[1:], dtype=np.float32)  # (B, 3, H, W)
         if good:
             pixels[good] = values
@@ -295,8 +335,13 @@ class HFImageEncoder(Encoder):
         # A vision tower read from a full dual-encoder checkpoint skips the text tower's weights on purpose:
         # hide transformers' load report (a table of "UNEXPECTED" text keys) in that case only.
         with _quiet_transformers(self.options["model_type"] in ("siglip", "clip")):
-            model = cls.from_pretrained(o.model, revision=o.revision, token=_token(), dtype=dtype,
-                                        trust_remote_code=o.trust_remote_code)
+            model = cls.from_pretrained(
+                o.model,
+                revision=o.revision,
+                token=_token(),
+                dtype=dtype,
+                trust_remote_code=o.trust_remote_code,
+            )
         self._rt["model"], self._rt["dtype"] = model.to(device).eval(), dtype
         self.options["dtype_resolved"] = str(dtype).removeprefix("torch.")
 

@@ -24,10 +24,27 @@ from e2i.encoders_base import ERROR, Encoder, InputError, check_text, load_image
 # =============================================================================================== audio
 # Scalar summaries appended after the three per-band blocks; each is scaled to be O(1).
 LOGMEL_SCALARS = (
-    "loudness", "peak_loudness", "loudness_std", "loudness_slope", "silence_fraction",
-    "centroid", "centroid_std", "centroid_slope", "flatness", "flatness_std", "rolloff", "bandwidth",
-    "zero_crossing_rate", "peak_freq", "peak_freq_iqr", "peak_freq_slope", "onset_strength",
-    "onset_rate", "periodicity", "periodicity_rate", "log_duration",
+    "loudness",
+    "peak_loudness",
+    "loudness_std",
+    "loudness_slope",
+    "silence_fraction",
+    "centroid",
+    "centroid_std",
+    "centroid_slope",
+    "flatness",
+    "flatness_std",
+    "rolloff",
+    "bandwidth",
+    "zero_crossing_rate",
+    "peak_freq",
+    "peak_freq_iqr",
+    "peak_freq_slope",
+    "onset_strength",
+    "onset_rate",
+    "periodicity",
+    "periodicity_rate",
+    "log_duration",
 )
 
 
@@ -59,18 +76,29 @@ class LogMelStatsEncoder(Encoder):
         return 3 * self.opts.n_mels + len(LOGMEL_SCALARS)
 
     def preprocess(self, batch):
-        return preprocess_audio(batch, sample_rate=self.opts.sample_rate, max_seconds=self.opts.max_audio_seconds)
+        return preprocess_audio(
+            batch, sample_rate=self.opts.sample_rate, max_seconds=self.opts.max_audio_seconds
+        )
 
     def _load(self, device: str) -> None:
         import torch
         import torchaudio
 
         o = self.opts
-        fb = torchaudio.functional.melscale_fbanks(o.n_fft // 2 + 1, 20.0, o.sample_rate / 2, o.n_mels,
-                                                   o.sample_rate, norm="slaney", mel_scale="slaney")
+        fb = torchaudio.functional.melscale_fbanks(
+            o.n_fft // 2 + 1,
+            20.0,
+            o.sample_rate / 2,
+            o.n_mels,
+            o.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self._rt["fbanks"] = fb.to(device)  # (F, M)
         self._rt["window"] = torch.hann_window(o.n_fft, device=device)
-        self._rt["freqs"] = torch.linspace(0, o.sample_rate / 2, o.n_fft // 2 + 1, device=device)  # (F,)
+        freqs = torch.linspace(0, o.sample_rate / 2, o.n_fft // 2 + 1, device=device) / 1000  # (F,) kHz
+        self._rt["freqs"] = freqs
+        self._rt["mel_freqs"] = freqs[self._rt["fbanks"].argmax(0)]  # (M,) kHz at each band's peak
 
     def _embed(self, batch):
         import torch
@@ -86,7 +114,7 @@ class LogMelStatsEncoder(Encoder):
         """(T,) waveform -> (3M + S,) L2-normalised feature vector."""
         import torch
 
-        o, fb, win, freqs = self.opts, self._rt["fbanks"], self._rt["window"], self._rt["freqs"]
+        o, fb, win = self.opts, self._rt["fbanks"], self._rt["window"]
         if x.numel() < o.n_fft:
             x = torch.nn.functional.pad(x, (0, o.n_fft - x.numel()))
         spec = torch.stft(x, o.n_fft, o.hop_length, window=win, center=True, return_complex=True)
@@ -99,14 +127,21 @@ class LogMelStatsEncoder(Encoder):
         level = band_mean.mean()
         band_std = logmel.std(1, unbiased=False)  # (M,)
         band_delta = (logmel[:, 1:] - logmel[:, :-1]).abs().mean(1) if n > 1 else torch.zeros_like(band_mean)
-        scalars = self._scalars(x, power, logmel, freqs)  # (S,)
+        scalars = self._scalars(x, power, mel, logmel)  # (S,)
         m = o.n_mels
         # Block weights: spectral shape carries most identity; scalars carry loudness/pitch/tempo/fade.
-        feat = torch.cat([(band_mean - level) / math.sqrt(m), 1.5 * band_std / math.sqrt(m),
-                          3.0 * band_delta / math.sqrt(m), 1.5 * scalars / math.sqrt(len(scalars))])
+        feat = torch.cat(
+            [
+                (band_mean - level) / math.sqrt(m),
+                1.5 * band_std / math.sqrt(m),
+                3.0 * band_delta / math.sqrt(m),
+                1.5 * scalars / math.sqrt(len(scalars)),
+            ]
+        )
         return feat / feat.norm().clamp_min(1e-12)
 
-    def _scalars(self, x, power, logmel, freqs):
+    def _scalars(self, x, power, mel, logmel):
+        """Summaries; spectral shape stats use the (M, N) mel power (8x cheaper than the (F, N) STFT)."""
         import torch
 
         o = self.opts
@@ -121,17 +156,29 @@ class LogMelStatsEncoder(Encoder):
 
         energy = torch.log10(power.sum(0) + 1e-10)  # (N,) frame log-power
         active = (energy > energy.max() - 3.0).float()  # frames within 30 dB of the loudest
-        p = power + 1e-12
-        centroid = torch.log2((freqs[:, None] * p).sum(0) / p.sum(0) / 1000 + 1e-3)  # (N,) log2 kHz
-        spread = ((freqs[:, None] / 1000 - 2 ** centroid[None]).square() * p).sum(0) / p.sum(0)
-        flat = torch.exp(torch.log(p).mean(0)) / p.mean(0)  # (N,) in (0, 1]: 1 = white noise
-        cum = p.cumsum(0) / p.sum(0)
-        rolloff = torch.log2(freqs[(cum < 0.85).sum(0).clamp(max=len(freqs) - 1)] / 1000 + 1e-3)
-        peak = torch.log2(freqs[p.argmax(0)] / 1000 + 1e-3)  # dominant frequency per frame
+        freqs, fm = self._rt["freqs"], self._rt["mel_freqs"]  # (F,), (M,) in kHz
+        p = mel + 1e-12  # (M, N)
+        total = p.sum(0)  # (N,)
+        c_lin = (fm[:, None] * p).sum(0) / total  # (N,) spectral centroid in kHz
+        centroid = torch.log2(c_lin + 1e-3)
+        spread = ((fm[:, None] - c_lin[None]).square() * p).sum(0) / total  # (N,) kHz^2
+        flat = torch.exp(torch.log(p).mean(0)) / p.mean(0)  # (N,) in (0, 1]: 1 = white noise (slaney bands)
+        cum = p.cumsum(0) / total
+        rolloff = torch.log2(fm[(cum < 0.85).sum(0).clamp(max=len(fm) - 1)] + 1e-3)  # 85 % energy point
+        peak = torch.log2(freqs[power.argmax(0)] + 1e-3)  # (N,) dominant STFT frequency ("pitch"), log2 kHz
         zcr = (torch.sign(x[1:]) != torch.sign(x[:-1])).float().mean()
-        flux = torch.relu(logmel[:, 1:] - logmel[:, :-1]).mean(0) if n > 1 else torch.zeros(1, device=x.device)
-        onsets = ((flux[1:-1] > flux[:-2]) & (flux[1:-1] >= flux[2:])
-                  & (flux[1:-1] > flux.mean() + flux.std(unbiased=False))).sum() if flux.numel() > 2 else 0
+        flux = (
+            torch.relu(logmel[:, 1:] - logmel[:, :-1]).mean(0) if n > 1 else torch.zeros(1, device=x.device)
+        )
+        onsets = (
+            (
+                (flux[1:-1] > flux[:-2])
+                & (flux[1:-1] >= flux[2:])
+                & (flux[1:-1] > flux.mean() + flux.std(unbiased=False))
+            ).sum()
+            if flux.numel() > 2
+            else 0
+        )
         seconds = x.numel() / o.sample_rate
         per_rate, per_strength = _periodicity(energy, o.sample_rate / o.hop_length)
         w = active
@@ -143,13 +190,32 @@ class LogMelStatsEncoder(Encoder):
             return ((w * (y - wmean(y)).square()).sum() / w.sum()).sqrt()
 
         q = torch.quantile(peak[w > 0], torch.tensor([0.25, 0.5, 0.75], device=x.device))
-        vals = [energy.mean() / 5, energy.max() / 5, energy.std(unbiased=False) / 2, slope(energy) / 5,
-                1 - active.mean(), wmean(centroid) / 3, wstd(centroid) / 2, slope(centroid, w) / 3,
-                wmean(flat) * 2, wstd(flat) * 2, wmean(rolloff) / 3, wmean(spread.sqrt()) / 2, zcr * 2,
-                q[1] / 3, (q[2] - q[0]) / 2, slope(peak, w) / 3, flux.mean() * 2,
-                torch.log1p(torch.as_tensor(float(onsets) / seconds)) / 3, per_strength, per_rate / 4,
-                torch.log(torch.as_tensor(seconds + 0.1)) / 2]
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=x.device) for v in vals])
+        vals = {  # name -> value scaled to O(1); order = LOGMEL_SCALARS
+            "loudness": energy.mean() / 5,
+            "peak_loudness": energy.max() / 5,
+            "loudness_std": energy.std(unbiased=False) / 2,
+            "loudness_slope": slope(energy) / 5,  # fade in (> 0) / out (< 0)
+            "silence_fraction": 1 - active.mean(),
+            "centroid": wmean(centroid) / 3,
+            "centroid_std": wstd(centroid) / 2,
+            "centroid_slope": slope(centroid, w) / 3,
+            "flatness": wmean(flat) * 2,  # noise vs tone
+            "flatness_std": wstd(flat) * 2,
+            "rolloff": wmean(rolloff) / 3,
+            "bandwidth": wmean(spread.sqrt()) / 2,
+            "zero_crossing_rate": zcr * 2,
+            "peak_freq": q[1] / 3,
+            "peak_freq_iqr": (q[2] - q[0]) / 2,
+            "peak_freq_slope": slope(peak, w) / 3,  # rising (> 0) / falling (< 0) pitch
+            "onset_strength": flux.mean() * 2,
+            "onset_rate": torch.log1p(torch.as_tensor(float(onsets) / seconds)) / 3,
+            "periodicity": per_strength,  # regular beeps/clicks
+            "periodicity_rate": per_rate / 4,
+            "log_duration": torch.log(torch.as_tensor(seconds + 0.1)) / 2,
+        }
+        return torch.stack(
+            [torch.as_tensor(vals[k], dtype=torch.float32, device=x.device) for k in LOGMEL_SCALARS]
+        )
 
 
 def _periodicity(energy, frame_rate: float):
@@ -172,9 +238,53 @@ def _periodicity(energy, frame_rate: float):
 
 # =============================================================================================== text
 STOPWORDS = frozenset(
-    "a an the and or but of in on at to for from with by as is are was were be been being it its this "
-    "that these those there here some someone something while into onto over under very can could "
-    "then than".split())
+    {
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "with",
+        "by",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "some",
+        "someone",
+        "something",
+        "while",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "very",
+        "can",
+        "could",
+        "then",
+        "than",
+    }
+)
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
@@ -206,12 +316,12 @@ def ngram_features(text: str, o: NgramOptions) -> dict[str, Counter]:
     words = _WORD.findall(text.lower())
     grams: dict[str, Counter] = {"w": Counter(words), "b": Counter(), "c": Counter()}
     for n in range(2, o.word_ngrams + 1):
-        grams["b"].update(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+        grams["b"].update(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
     if o.char_ngrams:
         k = o.char_ngrams
         for w in words:
             padded = f"<{w}>"
-            grams["c"].update(padded[i:i + k] for i in range(max(1, len(padded) - k + 1)))
+            grams["c"].update(padded[i : i + k] for i in range(max(1, len(padded) - k + 1)))
     return grams
 
 
@@ -275,8 +385,16 @@ class ImageStatsOptions:
             raise ValueError("need size divisible by grid, size >= 8, color_bins >= 1, orientation_bins >= 1")
 
 
-IMAGE_GLOBALS = ("brightness", "brightness_std", "saturation", "saturation_std", "colorfulness",
-                 "edge_density", "entropy", "log_aspect")
+IMAGE_GLOBALS = (
+    "brightness",
+    "brightness_std",
+    "saturation",
+    "saturation_std",
+    "colorfulness",
+    "edge_density",
+    "entropy",
+    "log_aspect",
+)
 
 
 class ImageStatsEncoder(Encoder):
@@ -290,7 +408,7 @@ class ImageStatsEncoder(Encoder):
 
     def _static_dim(self) -> int:
         o = self.opts
-        return o.color_bins ** 3 + 3 * o.grid ** 2 + o.orientation_bins * (1 + o.grid ** 2) + len(IMAGE_GLOBALS)
+        return o.color_bins**3 + 3 * o.grid**2 + o.orientation_bins * (1 + o.grid**2) + len(IMAGE_GLOBALS)
 
     def preprocess(self, batch):
         from PIL import Image
@@ -314,8 +432,12 @@ class ImageStatsEncoder(Encoder):
         return out
 
     def _embed(self, batch):
-        return np.stack([image_stats(np.asarray(p), float(a), self.opts)
-                         for p, a in zip(batch["pixels"], batch["aspect"])])
+        return np.stack(
+            [
+                image_stats(np.asarray(p), float(a), self.opts)
+                for p, a in zip(batch["pixels"], batch["aspect"])
+            ]
+        )
 
 
 def image_stats(pixels: np.ndarray, aspect: float, o: ImageStatsOptions) -> np.ndarray:
@@ -323,7 +445,7 @@ def image_stats(pixels: np.ndarray, aspect: float, o: ImageStatsOptions) -> np.n
     x = pixels.astype(np.float32) / 255.0  # (S, S, 3) in [0, 1]
     s, g, b, nb = x.shape[0], o.grid, o.color_bins, o.orientation_bins
     q = np.minimum((x * b).astype(np.int64), b - 1)  # (S, S, 3) colour bin per channel
-    hist = np.bincount(((q[..., 0] * b + q[..., 1]) * b + q[..., 2]).ravel(), minlength=b ** 3) / (s * s)
+    hist = np.bincount(((q[..., 0] * b + q[..., 1]) * b + q[..., 2]).ravel(), minlength=b**3) / (s * s)
     cells = x.reshape(g, s // g, g, s // g, 3).mean(axis=(1, 3)) - 0.5  # (g, g, 3) centred means
     grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (S, S)
     gy, gx = np.gradient(grey)
@@ -339,9 +461,20 @@ def image_stats(pixels: np.ndarray, aspect: float, o: ImageStatsOptions) -> np.n
     colorful = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
     ghist = np.bincount(np.minimum((grey * 32).astype(np.int64), 31).ravel(), minlength=32) / (s * s)
     entropy = -(ghist[ghist > 0] * np.log2(ghist[ghist > 0])).sum()
-    glob = np.array([grey.mean(), grey.std() * 2, sat.mean(), sat.std() * 2, colorful * 2,
-                     mag.mean() * 8, entropy / 5, math.log(max(aspect, 1e-3))])
+    glob = np.array(
+        [
+            grey.mean(),
+            grey.std() * 2,
+            sat.mean(),
+            sat.std() * 2,
+            colorful * 2,
+            mag.mean() * 8,
+            entropy / 5,
+            math.log(max(aspect, 1e-3)),
+        ]
+    )
     # sqrt of histograms = Hellinger embedding (dot product of two = Bhattacharyya coefficient)
-    feat = np.concatenate([np.sqrt(hist), 0.8 * cells.ravel(), 0.7 * np.sqrt(ohist),
-                           0.7 * np.sqrt(ocell), 0.5 * glob])
+    feat = np.concatenate(
+        [np.sqrt(hist), 0.8 * cells.ravel(), 0.7 * np.sqrt(ohist), 0.7 * np.sqrt(ocell), 0.5 * glob]
+    )
     return (feat / max(np.linalg.norm(feat), 1e-12)).astype(np.float32)

@@ -58,7 +58,7 @@ class PasstOptions:
     pad_quantum_seconds: float = 1.0  # short segments are zero-padded to a multiple of this
     segment_batch_size: int = 16  # segments per forward pass
     dtype: str = "auto"  # autocast dtype: auto = float32 on CPU, bf16/fp16 on CUDA
-    embed_dim: int | None = None  # random-weight model-size overrides (tests); need pretrained=False
+    embed_dim: int | None = None  # model-size overrides (tests, own checkpoints); not with pretrained
     depth: int | None = None
     num_heads: int | None = None
 
@@ -67,8 +67,8 @@ class PasstOptions:
         check_choice("output", self.output, tuple(OUTPUTS))
         check_choice("dtype", self.dtype, DTYPES)
         overrides = (self.embed_dim, self.depth, self.num_heads)
-        if any(v is not None for v in overrides) and (self.pretrained or self.weights):
-            raise ValueError("embed_dim/depth/num_heads need pretrained=False and no weights")
+        if any(v is not None for v in overrides) and self.pretrained and not self.weights:
+            raise ValueError("embed_dim/depth/num_heads need pretrained=False (or weights=PATH of that size)")
         if self.segment_seconds is not None and not 1.0 <= self.segment_seconds <= self.window_seconds:
             raise ValueError(f"segment_seconds must be in [1, {self.window_seconds}] for {self.arch}")
         if self.pad_quantum_seconds <= 0.16 or self.segment_batch_size < 1:
@@ -87,7 +87,7 @@ def plan_segments(lengths: list[int], window: int, quantum: int) -> list[tuple[i
     for row, n in enumerate(lengths):
         for start in range(0, max(n, 1), window):
             length = min(window, n - start)
-            padded = min(window, int(math.ceil(max(length, 1) / quantum)) * quantum)
+            padded = min(window, math.ceil(max(length, 1) / quantum) * quantum)
             plan.append((row, start, length, padded))
     return plan
 
@@ -114,9 +114,21 @@ class PasstEncoder(Encoder):
         _quiet_passt_warnings()
         passt_mod.first_RUN = False  # its forward prints tensor shapes on the first call otherwise
         with contextlib.redirect_stdout(io.StringIO()):  # get_model prints the whole network
-            mel = AugmentMelSTFT(n_mels=128, sr=SAMPLE_RATE, win_length=800, hopsize=HOP, n_fft=1024,
-                                 freqm=48, timem=192, htk=False, fmin=0.0, fmax=None, norm=1,
-                                 fmin_aug_range=10, fmax_aug_range=2000)
+            mel = AugmentMelSTFT(
+                n_mels=128,
+                sr=SAMPLE_RATE,
+                win_length=800,
+                hopsize=HOP,
+                n_fft=1024,
+                freqm=48,
+                timem=192,
+                htk=False,
+                fmin=0.0,
+                fmax=None,
+                norm=1,
+                fmin_aug_range=10,
+                fmax_aug_range=2000,
+            )
             net = self._build_net(passt_mod)
         if self.opts.weights:
             _load_state(net, self.opts.weights)
@@ -129,14 +141,40 @@ class PasstEncoder(Encoder):
         o = self.opts
         stride, tdim = ARCHS[o.arch]
         if o.embed_dim is None and o.depth is None and o.num_heads is None:
-            return passt_mod.get_model(arch=o.arch, pretrained=o.pretrained and not o.weights, n_classes=N_CLASSES,
-                                       in_channels=1, fstride=stride, tstride=stride, input_fdim=128,
-                                       input_tdim=tdim)
+            download = o.pretrained and not o.weights
+            try:  # pretrained: hear21passt fetches the release checkpoint (torch hub cache)
+                return passt_mod.get_model(
+                    arch=o.arch,
+                    pretrained=download,
+                    n_classes=N_CLASSES,
+                    in_channels=1,
+                    fstride=stride,
+                    tstride=stride,
+                    input_fdim=128,
+                    input_tdim=tdim,
+                )
+            except (OSError, RuntimeError) as e:  # URLError is an OSError
+                if not download:
+                    raise
+                raise CheckpointError(
+                    f"passt: cannot load pretrained weights of {o.arch} ({str(e).splitlines()[0]}); "
+                    "check the network or pass weights=PATH"
+                ) from None
         # Same class and patching as the arch, smaller transformer, random weights.
-        net = passt_mod.PaSST(u_patchout=0, s_patchout_t=0, s_patchout_f=0, img_size=(128, tdim), patch_size=16,
-                              stride=(stride, stride), in_chans=1, num_classes=N_CLASSES,
-                              embed_dim=o.embed_dim or 768, depth=o.depth or 12, num_heads=o.num_heads or 12,
-                              distilled=True)
+        net = passt_mod.PaSST(
+            u_patchout=0,
+            s_patchout_t=0,
+            s_patchout_f=0,
+            img_size=(128, tdim),
+            patch_size=16,
+            stride=(stride, stride),
+            in_chans=1,
+            num_classes=N_CLASSES,
+            embed_dim=o.embed_dim or 768,
+            depth=o.depth or 12,
+            num_heads=o.num_heads or 12,
+            distilled=True,
+        )
         return passt_mod.fix_embedding_layer(net)
 
     # ------------------------------------------------------------------ embedding
@@ -160,10 +198,10 @@ class PasstEncoder(Encoder):
             warnings.simplefilter("ignore")  # PaSST warns when the input is shorter than its window
             for padded, segs in sorted(by_len.items()):
                 for i in range(0, len(segs), o.segment_batch_size):
-                    chunk = segs[i:i + o.segment_batch_size]
+                    chunk = segs[i : i + o.segment_batch_size]
                     x = np.zeros((len(chunk), padded), dtype=np.float32)  # (b, T) zero-padded segments
                     for j, (row, start, length, _) in enumerate(chunk):
-                        x[j, :length] = waves[row][start:start + length]
+                        x[j, :length] = waves[row][start : start + length]
                     emb = model(torch.from_numpy(x).to(self.device)).float().cpu().double()  # (b, D)
                     for j, (row, _, length, _) in enumerate(chunk):
                         sums[row] += length * emb[j]
@@ -190,7 +228,7 @@ def _load_state(net, path: str) -> None:
             state = state.get("state_dict", state) if isinstance(state, dict) else state
         for prefix in ("module.", "model.", "net."):
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
         net.load_state_dict(state, strict=True)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot load PaSST weights ({str(e).splitlines()[0]})") from None

@@ -2,7 +2,8 @@
 
     e2i evaluate results/siglip                 # run dir: its config.yaml + best_model.safetensors
     e2i evaluate configs/siglip.yaml            # the run dir of that config (<output_dir>/<name>/)
-    e2i evaluate results/siglip --split val --checkpoint results/siglip/checkpoints/checkpoint_epoch0003/model.safetensors
+    e2i evaluate results/siglip --split val \\
+        --checkpoint results/siglip/checkpoints/checkpoint_epoch0003/model.safetensors
 
 Embeds the split (default: the config's test split) through both heads, computes
 :func:`e2i.metrics.retrieval_metrics` (conventions there: ``text_to_item/*`` = caption queries over
@@ -60,9 +61,16 @@ def _jsonable(value):
     return value
 
 
-def evaluate_run(target: str | os.PathLike, *, split: str | None = None, checkpoint: str | os.PathLike | None = None,
-                 output_dir: str | os.PathLike | None = None, plots: bool = True, max_plot_items: int = 300,
-                 show: bool = True) -> dict:
+def evaluate_run(
+    target: str | os.PathLike,
+    *,
+    split: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    plots: bool = True,
+    max_plot_items: int = 300,
+    show: bool = True,
+) -> dict:
     """Evaluate a trained model on one split; returns the metrics JSON written (see module docstring)."""
     from e2i.heads import build_model
     from e2i.metrics import retrieval_metrics
@@ -77,9 +85,16 @@ def evaluate_run(target: str | os.PathLike, *, split: str | None = None, checkpo
     with torch.inference_mode():
         item_z, cap_z = embed_split(model, SplitTensors(data, torch.device("cpu")))
     metrics = retrieval_metrics(item_z, cap_z, data.caption_item, ci=True)
-    result = {"split": split, "store": cfg.data.store, "checkpoint": str(ckpt), "config": cfg.name,
-              "num_items": data.num_items, "num_captions": data.num_captions,
-              "chance/recall@1": 1.0 / data.num_items, "metrics": _jsonable(metrics)}
+    result = {
+        "split": split,
+        "store": cfg.data.store,
+        "checkpoint": str(ckpt),
+        "config": cfg.name,
+        "num_items": data.num_items,
+        "num_captions": data.num_captions,
+        "chance/recall@1": 1.0 / data.num_items,
+        "metrics": _jsonable(metrics),
+    }
     out = Path(output_dir) if output_dir else run_dir / RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{split}_metrics.json").write_text(json.dumps(result, indent=1))
@@ -87,9 +102,15 @@ def evaluate_run(target: str | os.PathLike, *, split: str | None = None, checkpo
         from e2i.plots import plot_embedding_map
 
         for method in ("tsne", "pca"):
-            plot_embedding_map(item_z.numpy(), cap_z.numpy(), data.caption_item, out / f"{split}_{method}.png",
-                               method=method, max_items=max_plot_items,
-                               title=f"{cfg.name} {split}: {method.upper()} of the shared space")
+            plot_embedding_map(
+                item_z.numpy(),
+                cap_z.numpy(),
+                data.caption_item,
+                out / f"{split}_{method}.png",
+                method=method,
+                max_items=max_plot_items,
+                title=f"{cfg.name} {split}: {method.upper()} of the shared space",
+            )
     if show:
         print_metrics_table(result)
     return result
@@ -101,8 +122,10 @@ def print_metrics_table(result: dict) -> None:
     from rich.table import Table
 
     metrics = result["metrics"]
-    table = Table(title=f"{result['config']} on {result['split']}: {result['num_captions']} captions, "
-                        f"{result['num_items']} items (chance R@1 {result['chance/recall@1']:.4f})")
+    table = Table(
+        title=f"{result['config']} on {result['split']}: {result['num_captions']} captions, "
+        f"{result['num_items']} items (chance R@1 {result['chance/recall@1']:.4f})"
+    )
     for name, justify in (("metric", "left"), ("value", "right"), ("95% CI", "right")):
         table.add_column(name, justify=justify)
     for direction in ("text_to_item", "item_to_text"):
@@ -115,21 +138,36 @@ def print_metrics_table(result: dict) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="CONFIG_OR_RUN_DIR",
-                        help="a run directory (results/<name>) or the train config that produced it")
+    parser.add_argument(
+        "target",
+        metavar="CONFIG_OR_RUN_DIR",
+        help="a run directory (results/<name>) or the train config that produced it",
+    )
     parser.add_argument("--split", help="split to evaluate (default: the config's data.test_split)")
     parser.add_argument("--checkpoint", help="weights file (default: <run dir>/best_model.safetensors)")
     parser.add_argument("--output-dir", help="where to write results (default: <run dir>/evaluation_results)")
     parser.add_argument("--no-plots", action="store_true", help="skip the t-SNE/PCA plots")
-    parser.add_argument("--max-plot-items", type=int, default=300,
-                        help="items (with their captions) drawn in the t-SNE/PCA maps")
+    parser.add_argument(
+        "--max-plot-items",
+        type=int,
+        default=300,
+        help="items (with their captions) drawn in the t-SNE/PCA maps",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.target, split=args.split, checkpoint=args.checkpoint, output_dir=args.output_dir,
-                          plots=not args.no_plots, max_plot_items=args.max_plot_items)
+    result = evaluate_run(
+        args.target,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        output_dir=args.output_dir,
+        plots=not args.no_plots,
+        max_plot_items=args.max_plot_items,
+    )
     m = result["metrics"]
     out = Path(args.output_dir) if args.output_dir else resolve_run(args.target)[1] / RESULTS_DIR
-    print(f"e2i evaluate: {result['split']} R@1 {m['text_to_item/recall@1']:.4f} "
-          f"mAP@10 {m['text_to_item/mAP@10']:.4f} -> {out}")
+    print(
+        f"e2i evaluate: {result['split']} R@1 {m['text_to_item/recall@1']:.4f} "
+        f"mAP@10 {m['text_to_item/mAP@10']:.4f} -> {out}"
+    )
     return 0

@@ -65,6 +65,7 @@ log = logging.getLogger("e2i.finetune")
 
 SAMPLE_RATE = 32000  # PaSST's input rate
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+TEXT_POOLING = ("cls", "mean")
 CKPT_LOSS, CKPT_MAP, CKPT_LAST = "best-val-loss", "best-val-map", "last"
 EXPORT_FILE, CONFIG_FILE, METRICS_FILE = "best_model.safetensors", "finetune_config.json", "evaluation_metrics.json"
 
@@ -87,6 +88,7 @@ class FinetuneConfig:
     audio_arch: str = "passt_s_swa_p16_128_ap476"  # PaSST-S SWA, AudioSet mAP .476 (baseline's encoder)
     audio_options: dict = field(default_factory=dict)  # PaSST/mel overrides, e.g. pretrained=false, depth=2
     text_model: str = "roberta-large"  # HF hub id or local dir (the DCASE 2024 baseline uses roberta-large)
+    text_pooling: str = "cls"  # cls = first token <s> (baseline) | mean = mean over non-padding tokens
     init_weights: str | None = None  # safetensors of a whole module (e.g. a previous best_model.safetensors)
     projection_dim: int = 1024  # shared embedding size (baseline: 1024)
     hidden_dim: int = 1024  # projection MLP width; 0 = a single Linear
@@ -124,6 +126,8 @@ class FinetuneConfig:
                      "loader_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"must be >= 0, got {getattr(self, name)!r}", name)
+        if self.text_pooling not in TEXT_POOLING:
+            raise ValueError(f"{self.text_pooling!r} is not one of {', '.join(TEXT_POOLING)}", "text_pooling")
         if self.precision not in PRECISIONS:
             raise ValueError(f"{self.precision!r} is not one of {', '.join(PRECISIONS)}", "precision")
         if self.subset is not None and self.subset <= 0:
@@ -411,7 +415,12 @@ class RetrievalModule(_lightning().LightningModule):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (M, L, H)
-        return nn.functional.normalize(self.text_proj(hidden[:, 0]), dim=-1)  # (M, D): first token <s>
+        if self.cfg.text_pooling == "cls":
+            pooled = hidden[:, 0]  # (M, H): first token <s>
+        else:
+            mask = attention_mask[..., None].to(hidden.dtype)  # (M, L, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (M, H): mean of real tokens
+        return nn.functional.normalize(self.text_proj(pooled), dim=-1)  # (M, D)
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_audio(batch["audio"]), self.encode_text(batch["input_ids"], batch["attention_mask"])
@@ -602,14 +611,13 @@ class RayMetricsReport(_lightning().Callback):
 def _callbacks(cfg: FinetuneConfig, ckpt_dir: Path) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    by_loss = ModelCheckpoint(dirpath=ckpt_dir, filename=CKPT_LOSS, monitor="val/loss", mode="min",
-                              save_top_k=1, save_last=True, save_weights_only=False, auto_insert_metric_name=False,
-                              enable_version_counter=False)
+    # last.ckpt holds the full state (optimizer, scheduler, loops) for --resume; the best ones hold weights.
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, enable_version_counter=False)
+    by_loss = ModelCheckpoint(dirpath=ckpt_dir, filename=CKPT_LOSS, monitor="val/loss", mode="min", save_top_k=1,
+                              save_weights_only=True, auto_insert_metric_name=False, enable_version_counter=False)
     by_map = ModelCheckpoint(dirpath=ckpt_dir, filename=CKPT_MAP, monitor="val/mAP@10", mode="max", save_top_k=1,
                              save_weights_only=True, auto_insert_metric_name=False, enable_version_counter=False)
-    # last.ckpt (full state) for --resume; the two best ones hold weights only (~1/3 of the size).
-    by_loss.CHECKPOINT_NAME_LAST = CKPT_LAST
-    return [by_loss, by_map, LearningRateMonitor(logging_interval="step"), RayMetricsReport()]
+    return [by_map, by_loss, last, LearningRateMonitor(logging_interval="step"), RayMetricsReport()]
 
 
 def _loggers(cfg: FinetuneConfig, run_dir: Path) -> list:
@@ -661,7 +669,8 @@ def train_worker(config: dict) -> None:
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     final = {"epoch": trainer.current_epoch, "step": trainer.global_step}
     if trainer.global_rank == 0:
-        final.update(_export_and_evaluate(module, cfg, run_dir, callbacks[1].best_model_path or callbacks[0].last_model_path))
+        by_map, last = callbacks[0], callbacks[2]
+        final.update(_export_and_evaluate(module, cfg, run_dir, by_map.best_model_path or last.last_model_path))
     ray.train.report(final)  # a barrier: every worker reports once more
 
 
@@ -675,7 +684,7 @@ def _export_and_evaluate(module: RetrievalModule, cfg: FinetuneConfig, run_dir: 
               "num_items": len(items), "num_captions": int(sum(len(it.captions) for it in items)),
               "metrics": metrics}
     (run_dir / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return {f"test/{k}": v for k, v in metrics.items() if not k.endswith("/ci95")}
+    return {f"test/{k}": float(v) for k, v in metrics.items() if not k.endswith("/ci95")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -730,6 +739,7 @@ _FLAG_HELP = {
     "output_dir": "runs go to OUTPUT_DIR/RUN_NAME/", "run_name": "run directory name (default: <arch>-<text model>)",
     "audio_arch": "PaSST architecture (hear21passt get_model arch)",
     "text_model": "HF hub id or local dir of the text encoder (baseline: roberta-large)",
+    "text_pooling": "caption embedding: cls = first token (baseline) | mean = mean over tokens",
     "init_weights": "start from these module weights (.safetensors; .pt read with weights_only=True)",
     "projection_dim": "shared embedding size", "hidden_dim": "projection MLP width (0 = one Linear)",
     "init_temperature": "initial softmax temperature (learnable)", "max_text_tokens": "caption token limit",

@@ -38,7 +38,8 @@ import math
 import os
 import posixpath
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -67,8 +68,14 @@ def value_range(vec: np.ndarray, clip_values: bool) -> tuple[float, float]:
     return (lo, lo + 1.0) if hi <= lo else (lo, hi)
 
 
-def embedding_to_image(vec: np.ndarray, *, image_size: int = 128, mode: str = "nearest",
-                       channel_mode: str = "split", clip_values: bool = False) -> np.ndarray:
+def embedding_to_image(
+    vec: np.ndarray,
+    *,
+    image_size: int = 128,
+    mode: str = "nearest",
+    channel_mode: str = "split",
+    clip_values: bool = False,
+) -> np.ndarray:
     """(D,) embedding -> (S, S, 3) uint8 pseudo-image (layout in the module docstring)."""
     return _to_image(vec, image_size, mode, channel_mode, clip_values)[0]
 
@@ -119,8 +126,15 @@ def _resize(plane: np.ndarray, size: int, mode: str) -> np.ndarray:
     return np.asarray(img.resize((size, size), resample=filt), dtype=np.float32)
 
 
-def image_to_embedding(img: np.ndarray, *, dim: int, channel_mode: str = "split", lo: float | None = None,
-                       hi: float | None = None, clip_values: bool = False) -> np.ndarray:
+def image_to_embedding(
+    img: np.ndarray,
+    *,
+    dim: int,
+    channel_mode: str = "split",
+    lo: float | None = None,
+    hi: float | None = None,
+    clip_values: bool = False,
+) -> np.ndarray:
     """Inverse of :func:`embedding_to_image`: (S, S, 3) uint8 -> (dim,) float32.
 
     ``lo``/``hi``: the normalisation range (from the PNG's tEXt or :func:`value_range`); with
@@ -143,16 +157,31 @@ def image_to_embedding(img: np.ndarray, *, dim: int, channel_mode: str = "split"
 
 
 # ============================================================================================ PNG files
-def pseudo_image_png(vec: np.ndarray, *, item_id: str = "", image_size: int = 128, mode: str = "nearest",
-                     channel_mode: str = "split", clip_values: bool = False) -> bytes:
+def pseudo_image_png(
+    vec: np.ndarray,
+    *,
+    item_id: str = "",
+    image_size: int = 128,
+    mode: str = "nearest",
+    channel_mode: str = "split",
+    clip_values: bool = False,
+) -> bytes:
     """PNG bytes of the pseudo-image with its inversion metadata in tEXt chunks ``e2i:*``."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     pixels, lo, hi, g = _to_image(vec, image_size, mode, channel_mode, clip_values)
     info = PngInfo()
-    meta = {"id": item_id, "dim": np.asarray(vec).size, "lo": repr(lo), "hi": repr(hi), "grid": g,
-            "mode": mode, "channel_mode": channel_mode, "clip_values": int(clip_values)}
+    meta = {
+        "id": item_id,
+        "dim": np.asarray(vec).size,
+        "lo": repr(lo),
+        "hi": repr(hi),
+        "grid": g,
+        "mode": mode,
+        "channel_mode": channel_mode,
+        "clip_values": int(clip_values),
+    }
     for key, value in meta.items():
         info.add_text(f"e2i:{key}", str(value))
     buf = io.BytesIO()
@@ -169,8 +198,13 @@ def read_pseudo_image(source: str | os.PathLike | bytes) -> tuple[np.ndarray, di
         pixels = np.asarray(im.convert("RGB"))
     if "dim" not in meta:
         raise ValueError("not an e2i pseudo-image (no e2i:dim metadata)")
-    vec = image_to_embedding(pixels, dim=int(meta["dim"]), channel_mode=meta["channel_mode"],
-                             lo=float(meta["lo"]), hi=float(meta["hi"]))
+    vec = image_to_embedding(
+        pixels,
+        dim=int(meta["dim"]),
+        channel_mode=meta["channel_mode"],
+        lo=float(meta["lo"]),
+        hi=float(meta["hi"]),
+    )
     return vec, meta
 
 
@@ -191,7 +225,11 @@ def embedding_matrix(col) -> np.ndarray:
 
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     n = len(col)
-    if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+    if (
+        pa.types.is_fixed_size_list(col.type)
+        or pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+    ):
         values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         if n and values.size % n:
             raise StoreError("embedding column has rows of different lengths")
@@ -243,8 +281,13 @@ def _shard_paths(fs, root: str, manifest: dict | None, kind: str, split_dir: str
         rels = [s["path"] for s in manifest["shards"] if str(s.get("path", "")).startswith(kind + "/")]
     else:
         infos = fs.get_file_info(pafs.FileSelector(posixpath.join(root, kind), allow_not_found=True))
-        rels = sorted(f"{kind}/{i.base_name}" for i in infos if i.type == pafs.FileType.File
-                      and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
+        rels = sorted(
+            f"{kind}/{i.base_name}"
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith((".", "_"))
+        )
     if not rels:
         raise StoreError(f"{split_dir}/{kind}: no parquet shards (not a store split?)")
     return [posixpath.join(root, r) for r in rels]
@@ -262,10 +305,17 @@ def item_modality(fs, manifest: dict | None, shard: str) -> str:
     return "audio" if path.lower().endswith(AUDIO_EXT) else "image"
 
 
-def export_pseudo_images(split_dir: str | os.PathLike, images_dir: str | os.PathLike | None = None,
-                         modalities: Iterable[str] = ("items", "captions"), *, image_size: int = 128,
-                         mode: str = "nearest", channel_mode: str = "split", clip_values: bool = False,
-                         batch_size: int = 256) -> dict[str, int]:
+def export_pseudo_images(
+    split_dir: str | os.PathLike,
+    images_dir: str | os.PathLike | None = None,
+    modalities: Iterable[str] = ("items", "captions"),
+    *,
+    image_size: int = 128,
+    mode: str = "nearest",
+    channel_mode: str = "split",
+    clip_values: bool = False,
+    batch_size: int = 256,
+) -> dict[str, int]:
     """Write every embedding of a store split as a PNG with Ray Data; returns {modality: count}.
 
     ``images_dir`` defaults to the split dir (PNGs under ``<split>/pseudo_images/``); local or s3://.
@@ -283,8 +333,12 @@ def export_pseudo_images(split_dir: str | os.PathLike, images_dir: str | os.Path
     _check(channel_mode, CHANNEL_MODES, "image channel mode")
     if int(image_size) < 1 or int(batch_size) < 1:
         raise ConfigError(f"image size and batch size must be >= 1 (got {image_size}, {batch_size})")
-    opts = {"image_size": int(image_size), "mode": mode, "channel_mode": channel_mode,
-            "clip_values": bool(clip_values)}
+    opts = {
+        "image_size": int(image_size),
+        "mode": mode,
+        "channel_mode": channel_mode,
+        "clip_values": bool(clip_values),
+    }
     fs, root, manifest = _split_info(split_dir)
     out_fs, out_root = open_fs(images_dir)
     counts: dict[str, int] = {}
@@ -294,21 +348,31 @@ def export_pseudo_images(split_dir: str | os.PathLike, images_dir: str | os.Path
         out_fs.create_dir(posixpath.join(out_root, "pseudo_images", modality), recursive=True)
         out_dir = images_dir.rstrip("/") + f"/pseudo_images/{modality}"
         ds = ray.data.read_parquet(shards, filesystem=fs, columns=[KIND_ID[kind], "embedding"])
-        written = ds.map_batches(_write_batch, batch_format="pyarrow", batch_size=batch_size,
-                                 fn_kwargs={"out_dir": out_dir, "id_col": KIND_ID[kind], "opts": opts})
+        written = ds.map_batches(
+            _write_batch,
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            fn_kwargs={"out_dir": out_dir, "id_col": KIND_ID[kind], "opts": opts},
+        )
         counts[modality] = int(written.sum("written") or 0)
     _write_meta(out_fs, out_root, split_dir, opts, counts)
     return counts
 
 
-def export_split(split_dir: str | os.PathLike, images_dir: str | os.PathLike | None = None, **options: Any) -> dict:
+def export_split(
+    split_dir: str | os.PathLike, images_dir: str | os.PathLike | None = None, **options: Any
+) -> dict:
     """:func:`export_pseudo_images` for `e2i cache --with-images`; returns a summary for its report:
     ``{"images_dir", "counts": {modality: n}, "options", "seconds"}``."""
     start = time.perf_counter()
     counts = export_pseudo_images(split_dir, images_dir, **options)
     base = os.fspath(images_dir if images_dir is not None else split_dir).rstrip("/")
-    return {"images_dir": f"{base}/pseudo_images", "counts": counts, "options": dict(options),
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "images_dir": f"{base}/pseudo_images",
+        "counts": counts,
+        "options": dict(options),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _write_meta(fs, root: str, split_dir: str, opts: dict, counts: dict[str, int]) -> None:
@@ -333,29 +397,55 @@ def _write_meta(fs, root: str, split_dir: str, opts: dict, counts: dict[str, int
 def add_image_options(parser: argparse.ArgumentParser) -> None:
     """The layout flags (shared with `e2i cache --with-images`); read back with :func:`image_options`."""
     parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs in pixels")
-    parser.add_argument("--image-mode", choices=MODES, default="nearest",
-                        help="upsampling of the embedding grid (nearest keeps it invertible)")
-    parser.add_argument("--image-channel-mode", choices=CHANNEL_MODES, default="split",
-                        help="split: the embedding is spread over R, G, B; replicate: grey, same grid in all three")
-    parser.add_argument("--clip-values", action="store_true",
-                        help="clamp to [-1, 1] and normalise with that fixed range (default: per-vector min-max)")
+    parser.add_argument(
+        "--image-mode",
+        choices=MODES,
+        default="nearest",
+        help="upsampling of the embedding grid (nearest keeps it invertible)",
+    )
+    parser.add_argument(
+        "--image-channel-mode",
+        choices=CHANNEL_MODES,
+        default="split",
+        help="split: the embedding is spread over R, G, B; replicate: grey, same grid in all three",
+    )
+    parser.add_argument(
+        "--clip-values",
+        action="store_true",
+        help="clamp to [-1, 1] and normalise with that fixed range (default: per-vector min-max)",
+    )
 
 
 def image_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`export_pseudo_images` from the flags of :func:`add_image_options`."""
-    return {"image_size": args.image_size, "mode": args.image_mode, "channel_mode": args.image_channel_mode,
-            "clip_values": args.clip_values}
+    return {
+        "image_size": args.image_size,
+        "mode": args.image_mode,
+        "channel_mode": args.image_channel_mode,
+        "clip_values": args.clip_values,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", required=True,
-                        help="a store split dir, or a dataset/root dir: every split found under it is exported")
-    parser.add_argument("--images-dir", default=None,
-                        help="where pseudo_images/ goes (default: inside each split dir; with several splits "
-                             "<images-dir>/<split>/pseudo_images/)")
+    parser.add_argument(
+        "--store",
+        required=True,
+        help="a store split dir, or a dataset/root dir: every split found under it is exported",
+    )
+    parser.add_argument(
+        "--images-dir",
+        default=None,
+        help="where pseudo_images/ goes (default: inside each split dir; with several splits "
+        "<images-dir>/<split>/pseudo_images/)",
+    )
     add_image_options(parser)
-    parser.add_argument("--kinds", nargs="+", choices=tuple(KIND_ID), default=["items", "captions"],
-                        help="which embeddings to export")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=tuple(KIND_ID),
+        default=["items", "captions"],
+        help="which embeddings to export",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch")
 
 
@@ -366,7 +456,9 @@ def run(args: argparse.Namespace) -> int:
 
     splits = find_splits(args.store)
     if not splits:
-        raise StoreError(f"{args.store}: no store split found (expected items/ and captions/ or manifest.json)")
+        raise StoreError(
+            f"{args.store}: no store split found (expected items/ and captions/ or manifest.json)"
+        )
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     start = time.perf_counter()
@@ -375,7 +467,9 @@ def run(args: argparse.Namespace) -> int:
         out = args.images_dir
         if out is not None and len(splits) > 1:
             out = out.rstrip("/") + "/" + posixpath.basename(split.rstrip("/"))
-        counts = export_pseudo_images(split, out, args.kinds, batch_size=args.batch_size, **image_options(args))
+        counts = export_pseudo_images(
+            split, out, args.kinds, batch_size=args.batch_size, **image_options(args)
+        )
         shown = ", ".join(f"{n} {m}" for m, n in counts.items())
         print(f"{split}: {shown} -> {(out or split).rstrip('/')}/pseudo_images/")
         for m, n in counts.items():

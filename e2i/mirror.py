@@ -15,7 +15,8 @@ Conventions:
 - A file is uploaded again only when its size or mtime changed since its last successful upload
   (shards are immutable; the manifest and ``rejected.parquet`` are rewritten at each checkpoint).
 - Failures are retried with exponential backoff (``attempts`` tries, waiting ``backoff * 2**k`` s) and
-  then reported in :class:`MirrorReport`; nothing is ever written or deleted in the local store.
+  then reported in :class:`MirrorReport`; the rest of that sync is reported as not attempted (the next
+  sync tries them again). Nothing is ever written or deleted in the local store.
 - S3: pyarrow's S3 filesystem (:func:`e2i.store.open_fs`): endpoint from ``AWS_ENDPOINT_URL[_S3]``
   (S3-compatible stores such as MinIO, moto), keys from the AWS env variables. An object appears only
   when its upload completes, so no temporary names are needed there. Local targets use tmp + rename.
@@ -82,7 +83,7 @@ def split_files(split_dir: str | os.PathLike, *, embeddings: bool = True, images
     """Complete files of a local split, as ``(data files, files to upload last)`` relative paths.
 
     Data files: shards ``items/*.parquet`` / ``captions/*.parquet`` (not hidden temporaries) when
-    ``embeddings``, ``rejected.parquet``, and ``pseudo_images/**/*.png`` when ``images``. Last: the manifest.
+    ``embeddings``, ``rejected.parquet``, and ``pseudo_images/**/*.png`` + ``meta.json`` when ``images``. Last: the manifest.
     """
     root = Path(split_dir)
     files: list[str] = []
@@ -95,12 +96,12 @@ def split_files(split_dir: str | os.PathLike, *, embeddings: bool = True, images
             files.append(REJECTED)
     if images and (root / IMAGES_DIR).is_dir():
         files += sorted(p.relative_to(root).as_posix() for p in (root / IMAGES_DIR).rglob("*")
-                        if _complete(p, ".png"))
+                        if _complete(p, (".png", ".json")))
     last = [MANIFEST] if (root / MANIFEST).is_file() else []
     return files, last
 
 
-def _complete(p: Path, suffix: str) -> bool:
+def _complete(p: Path, suffix: str | tuple[str, ...]) -> bool:
     """A finished file: right suffix, not hidden (tmp files start with '.'), not another tool's '_x'."""
     return p.is_file() and p.name.endswith(suffix) and not p.name.startswith((".", "_"))
 
@@ -249,14 +250,15 @@ class Mirror:
             groups = [rels]
         else:
             groups = [[rel] for rel in rels]
-        for group in groups:
+        for k, group in enumerate(groups):
             err = self._retry(lambda g=group: self._target.put_many([(self.split_dir / r, r) for r in g]))
+            if err is not None:  # target unreachable or refusing: do not hammer it file by file
+                for rel in [r for g in groups[k:] for r in g]:
+                    report.failed[rel] = err if rel in group else f"not attempted after: {err}"
+                return
             for rel in group:
-                if err is None:
-                    self._done[rel] = stamps[rel]
-                    report.uploaded.append(rel)
-                else:
-                    report.failed[rel] = err
+                self._done[rel] = stamps[rel]
+                report.uploaded.append(rel)
 
     def _stamp(self, rel: str) -> tuple[int, int]:
         st = (self.split_dir / rel).stat()

@@ -11,8 +11,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 CURVE_METRICS = ("val/recall@1", "val/recall@5", "val/recall@10", "val/mAP@10", "val/item_to_text/recall@1")
 
@@ -56,9 +56,18 @@ def project_2d(x: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown projection {method!r} (valid: pca, tsne)")
 
 
-def plot_embedding_map(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarray, path: str | os.PathLike,
-                       *, method: str = "tsne", max_items: int = 300, highlight: int = 8, seed: int = 0,
-                       title: str = "") -> Path:
+def plot_embedding_map(
+    item_z: np.ndarray,
+    cap_z: np.ndarray,
+    cap_item: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    method: str = "tsne",
+    max_items: int = 300,
+    highlight: int = 8,
+    seed: int = 0,
+    title: str = "",
+) -> Path:
     """Items (circles) and captions (crosses) of up to ``max_items`` items projected together.
 
     Both modalities are projected jointly, so a good shared space puts each item next to its captions;
@@ -69,14 +78,14 @@ def plot_embedding_map(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarr
     items = np.sort(rng.choice(n, size=min(n, max_items), replace=False))  # (n',) subsample of item rows
     caps = np.flatnonzero(np.isin(cap_item, items))  # (m',) their captions
     xy = project_2d(np.concatenate([item_z[items], cap_z[caps]]).astype(np.float64), method, seed)
-    item_xy, cap_xy = xy[: len(items)], xy[len(items):]
+    item_xy, cap_xy = xy[: len(items)], xy[len(items) :]
     row_of = {int(i): r for r, i in enumerate(items)}  # item row -> position in `items`
 
     fig, ax = plt.subplots(figsize=(7, 7))
     ax.scatter(item_xy[:, 0], item_xy[:, 1], s=14, c="lightgray", marker="o", label="items")
     ax.scatter(cap_xy[:, 0], cap_xy[:, 1], s=10, c="silver", marker="x", label="captions")
     colors = plt.get_cmap("tab10")
-    for k, item in enumerate(items[: highlight]):
+    for k, item in enumerate(items[:highlight]):
         color = colors(k % 10)
         ix, iy = item_xy[row_of[int(item)]]
         mine = np.flatnonzero(cap_item[caps] == item)
@@ -84,8 +93,11 @@ def plot_embedding_map(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarr
             ax.plot([ix, cx], [iy, cy], color=color, alpha=0.4, linewidth=0.8)
         ax.scatter(cap_xy[mine, 0], cap_xy[mine, 1], s=30, color=color, marker="x")
         ax.scatter([ix], [iy], s=70, color=color, marker="o", edgecolors="black")
-    ax.set(title=title or f"{method.upper()} of the shared space ({len(items)} items, {len(caps)} captions)",
-           xticks=[], yticks=[])
+    ax.set(
+        title=title or f"{method.upper()} of the shared space ({len(items)} items, {len(caps)} captions)",
+        xticks=[],
+        yticks=[],
+    )
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

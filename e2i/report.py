@@ -7,8 +7,8 @@ Tune's per-trial ``result.json`` files (local or s3://). Writes ``<experiment_di
 
     leaderboard.csv / leaderboard.txt   one row per trial, best first (rich table on the console)
     optimization_history.png            objective per trial, best so far; pruned trials as crosses
-    param_importances.png               fANOVA importances over complete trials (needs >= 2 and a
-                                        parameter that varies; otherwise the plot says why)
+    param_importances.png               Optuna's importances over complete trials (needs >= 2;
+                                        otherwise the plot says why)
     parallel_coordinates.png            one line per finished trial across the parameters
     asha_learning_curves.png            validation metric per epoch with the rungs, and the values
                                         each rung compared (promoted vs stopped there)
@@ -24,6 +24,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from e2i.errors import E2IError  # noqa: E402
+from e2i.errors import E2IError
 
 STATE_COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray",
                 "WAITING": "tab:gray"}
@@ -197,20 +198,28 @@ def plot_history(rows: list[TrialRow], info: dict, path: Path) -> Path:
 
 
 def param_importances(study) -> tuple[dict[str, float], str]:
-    """({param: importance}, reason if empty). fANOVA over complete trials; conditional params that
-    are missing in some trials are left out by Optuna (it needs every param in every trial)."""
+    """({param: importance}, reason if empty): Optuna's default evaluator (PED-ANOVA in Optuna 5,
+    which copes with conditional params) over the complete trials."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}, f"needs >= 2 complete trials (have {len(complete)})"
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "some regimes have < 2 trials": expected for small searches
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:
         return {}, str(exc).splitlines()[0]
     if not importances:
         return {}, "no parameter present in every complete trial"
     return importances, ""
+
+
+def _count_complete(study) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def plot_importances(study, path: Path) -> Path:
@@ -219,7 +228,8 @@ def plot_importances(study, path: Path) -> Path:
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set(xlabel="importance (fANOVA, normalised)", title="parameter importances (complete trials)")
+        ax.set(xlabel="importance (Optuna's default evaluator, normalised)",
+               title=f"parameter importances ({_count_complete(study)} complete trials)")
     else:
         ax.text(0.5, 0.5, f"parameter importances unavailable:\n{reason}", ha="center", va="center", wrap=True)
         ax.set_axis_off()
@@ -230,7 +240,8 @@ def plot_parallel(rows: list[TrialRow], info: dict, path: Path) -> Path:
     """Axes = parameters (numeric: min-max scaled, log where the range spans > 20x; categorical:
     evenly spaced levels), colour = value; pruned trials dashed."""
     finished = [r for r in rows if r.value is not None and math.isfinite(r.value) and r.params]
-    names = sorted({k for r in finished for k in r.params})
+    seen = {k for r in finished for k in r.params}
+    names = [k for k in info.get("params", []) if k in seen] + sorted(seen - set(info.get("params", [])))
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names) + 2), 5))
     if not finished or not names:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center")
@@ -252,7 +263,7 @@ def plot_parallel(rows: list[TrialRow], info: dict, path: Path) -> Path:
         for y, text in labels[name]:
             ax.text(i + 0.03, y, text, fontsize=7, va="center")
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-    ax.set(yticks=[], ylim=(-0.05, 1.05), title=f"parallel coordinates (solid: complete, dashed: pruned)")
+    ax.set(yticks=[], ylim=(-0.05, 1.05), title="parallel coordinates (solid: complete, dashed: pruned)")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=info["metric"])
     return _save(fig, path)
 

@@ -43,9 +43,10 @@ import itertools
 import math
 import random
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from e2i.config import (
     HEAD_TYPES,
@@ -67,7 +68,7 @@ FIXED_KEYS = {  # keys a search must not vary, with the reason shown to the user
     "metric": "the objective must be the same for every trial",
 }
 COMBINATIONS_CHECKED = 2000  # grid of discrete values and range ends validated at load (first N)
-RANDOM_DRAWS_CHECKED = 200  # plus this many random draws
+RANDOM_DRAWS_CHECKED = 100  # plus this many random draws
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 
@@ -134,7 +135,7 @@ class Condition:
     def holds(self, values: dict[str, Any]) -> bool:
         return all(key in values and values[key] in allowed for key, allowed in self.requires)
 
-    def excludes(self, other: "Condition") -> bool:
+    def excludes(self, other: Condition) -> bool:
         """True when no assignment can satisfy both (same key, disjoint values)."""
         mine = dict(self.requires)
         return any(key in mine and not set(mine[key]) & set(allowed) for key, allowed in other.requires)
@@ -148,7 +149,7 @@ class Block:
     """A scope of the space: its own params, then nested conditional blocks (in file order)."""
 
     params: tuple[Param, ...] = ()
-    blocks: tuple["Block", ...] = ()
+    blocks: tuple[Block, ...] = ()
     when: Condition | None = None  # None for the root
 
     def suggest(self, trial: Any, values: dict[str, Any]) -> None:
@@ -535,7 +536,7 @@ def _check_overlaps(blocks: list[Block], source: str, where: str) -> None:
         shared = {p.key for p in a.all_params()} & {p.key for p in b.all_params()}
         if shared and not a.when.excludes(b.when):
             raise _fail(source, f"{where}.conditional[{j}]",
-                        f"{sorted(shared)[0]} is also searched in conditional[{i}] and both blocks can be "
+                        f"{min(shared)} is also searched in conditional[{i}] and both blocks can be "
                         f"active ({a.when} / {b.when})")
 
 
@@ -593,7 +594,12 @@ def space_from_dict(doc: dict, *, name: str, source: str, path: Path | None = No
 
 
 def check_sampled_configs(space: TuneSpace, *, seed: int = 0) -> int:
-    """Validate configs the space can produce: the grid (capped) + random draws. Returns the count."""
+    """Validate configs the space can produce: the grid (capped) + random draws. Returns how many
+    section assignments were validated.
+
+    Field validation is per section (TrainConfig.validate itself looks at no searchable field), so
+    each new assignment of one section's searched keys is validated once, as that section.
+    """
     rng = random.Random(seed)
     grid = itertools.islice(space.root.grid({}), COMBINATIONS_CHECKED)
     draws = []
@@ -601,26 +607,26 @@ def check_sampled_configs(space: TuneSpace, *, seed: int = 0) -> int:
         values: dict[str, Any] = {}
         space.root.draw(rng, values)
         draws.append(values)
+    hints = typing.get_type_hints(TrainConfig)
     seen: set = set()
-    checked = 0
     for values in itertools.chain(grid, draws):
-        # Field validation is per section (TrainConfig.validate itself does not look at searched
-        # fields), so a combination is new only if one of its sections' sub-assignments is new.
-        keys = {(s, tuple(sorted((k, repr(v)) for k, v in values.items() if k.split(".")[0] == s)))
-                for s in {k.split(".")[0] for k in values}}
-        if keys <= seen:
-            continue
-        seen |= keys
-        checked += 1
-        try:
-            train_config_from_dict(space.config_dict(values), "<sampled>")
-        except ConfigError as exc:
-            detail = str(exc).removeprefix("<sampled>: ")
-            section = detail.split(".")[0]
-            shown = {k: v for k, v in values.items() if k.split(".")[0] == section} or values
-            assignment = ", ".join(f"{k}={v}" for k, v in shown.items())
-            raise _fail(space.source, "space", f"sampled config ({assignment}) is invalid: {detail}") from None
-    return checked
+        for section in sorted({k.split(".")[0] for k in values}):
+            mine = {k: v for k, v in values.items() if k.split(".")[0] == section}
+            key = (section, tuple(sorted((k, repr(v)) for k, v in mine.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            data = space.config_dict(mine)
+            try:
+                if section in SEARCHABLE_SECTIONS:
+                    build_dataclass(hints[section], data[section], "<sampled>", f"{section}.")
+                else:
+                    train_config_from_dict(data, "<sampled>")
+            except ConfigError as exc:
+                detail = str(exc).removeprefix("<sampled>: ")
+                assignment = ", ".join(f"{k}={v}" for k, v in mine.items())
+                raise _fail(space.source, "space", f"sampled config ({assignment}) is invalid: {detail}") from None
+    return len(seen)
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> TuneSpace:

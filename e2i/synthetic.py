@@ -53,8 +53,10 @@ def _standardise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def _split_sizes(n_items: int, splits: dict[str, float | int]) -> dict[str, int]:
     """Item counts per split: ints are counts, floats are fractions of n_items (rounded down)."""
-    sizes = {name: int(v) if isinstance(v, (int, np.integer)) else int(np.floor(float(v) * n_items))
-             for name, v in splits.items()}
+    sizes = {
+        name: int(v) if isinstance(v, (int, np.integer)) else int(np.floor(float(v) * n_items))
+        for name, v in splits.items()
+    }
     if any(s <= 0 for s in sizes.values()):
         raise ValueError(f"every split needs at least one item, got {sizes}")
     if sum(sizes.values()) > n_items:
@@ -72,7 +74,7 @@ def synthetic_splits(
     hidden: int = 128,
     gain: float = 2.0,
     splits: dict[str, float | int] | None = None,
-    train_subset: float | int = 0.25,
+    train_subset: float = 0.25,
     difficulty: float = 0.5,
     seed: int = 0,
 ) -> dict[str, SplitData]:
@@ -99,8 +101,9 @@ def synthetic_splits(
 
     item_ids = np.array([f"syn_{i:06d}" for i in range(n_items)], dtype=object)
     caption_ids = np.array([f"{item_ids[i]}#{c + 1}" for i in range(n_items) for c in range(k)], dtype=object)
-    texts = np.array([f"synthetic caption {c + 1} of item {i}" for i in range(n_items) for c in range(k)],
-                     dtype=object)
+    texts = np.array(
+        [f"synthetic caption {c + 1} of item {i}" for i in range(n_items) for c in range(k)], dtype=object
+    )
 
     sizes = _split_sizes(n_items, splits or DEFAULT_SPLITS)
     out: dict[str, SplitData] = {}
@@ -111,11 +114,22 @@ def synthetic_splits(
         out[name] = _make_split(name, items, k, item_ids, item_emb, caption_ids, cap_emb, texts)
     if "train" in out:
         n_train = sizes["train"]
-        n_sub = int(train_subset) if isinstance(train_subset, (int, np.integer)) else \
-            max(1, int(np.floor(float(train_subset) * n_train)))
+        n_sub = (
+            int(train_subset)
+            if isinstance(train_subset, (int, np.integer))
+            else max(1, int(np.floor(float(train_subset) * n_train)))
+        )
         first = int(np.flatnonzero(item_ids == out["train"].item_ids[0])[0])
-        out["train_subset"] = _make_split("train_subset", np.arange(first, first + min(n_sub, n_train)), k,
-                                          item_ids, item_emb, caption_ids, cap_emb, texts)
+        out["train_subset"] = _make_split(
+            "train_subset",
+            np.arange(first, first + min(n_sub, n_train)),
+            k,
+            item_ids,
+            item_emb,
+            caption_ids,
+            cap_emb,
+            texts,
+        )
     return out
 
 
@@ -143,7 +157,7 @@ def make_synthetic_store(
     item_dim: int = 64,
     caption_dim: int = 48,
     splits: dict[str, float | int] | None = None,
-    train_subset: float | int = 0.25,
+    train_subset: float = 0.25,
     difficulty: float = 0.5,
     seed: int = 0,
     latent_dim: int = 16,
@@ -157,12 +171,23 @@ def make_synthetic_store(
     encoders ``{"audio": synthetic-item, "text": synthetic-caption}``. Existing splits are replaced.
     Returns ``Path(root)`` (``root`` may also be ``s3://...``; the return value is then only a label).
     """
-    params = dict(n_items=n_items, captions_per_item=captions_per_item, item_dim=item_dim,
-                  caption_dim=caption_dim, latent_dim=latent_dim, hidden=hidden, splits=splits or DEFAULT_SPLITS,
-                  train_subset=train_subset, difficulty=difficulty, seed=seed)
+    params = {
+        "n_items": n_items,
+        "captions_per_item": captions_per_item,
+        "item_dim": item_dim,
+        "caption_dim": caption_dim,
+        "latent_dim": latent_dim,
+        "hidden": hidden,
+        "splits": splits or DEFAULT_SPLITS,
+        "train_subset": train_subset,
+        "difficulty": difficulty,
+        "seed": seed,
+    }
     data = synthetic_splits(**params)
-    encoders = {"audio": {"name": "synthetic-item", "dim": item_dim, "latent_dim": latent_dim},
-                "text": {"name": "synthetic-caption", "dim": caption_dim, "latent_dim": latent_dim}}
+    encoders = {
+        "audio": {"name": "synthetic-item", "dim": item_dim, "latent_dim": latent_dim},
+        "text": {"name": "synthetic-caption", "dim": caption_dim, "latent_dim": latent_dim},
+    }
     base = os.fspath(root).rstrip("/")
     for name, split in data.items():
         write_split(split, f"{base}/{name}", dataset, name, encoders=encoders, extra={"synthetic": params})

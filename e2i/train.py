@@ -45,7 +45,7 @@ import numpy as np
 from e2i.checkpoint import MODEL_FILE, read_progress
 from e2i.config import TrainConfig, load_train_config, save_train_config, train_config_from_dict
 from e2i.errors import CheckpointError
-from e2i.train_loop import run_training  # noqa: F401  (public API of e2i.train)
+from e2i.train_loop import run_training
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
@@ -102,9 +102,16 @@ def init_wandb(cfg: TrainConfig, run_dir: str | os.PathLike):
     import wandb
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity,
-                      name=cfg.logging.run_name or cfg.name, config=cfg.to_dict(), dir=str(run_dir), mode=mode,
-                      reinit="finish_previous", settings=wandb.Settings(quiet=True))
+    return wandb.init(
+        project=cfg.logging.wandb_project,
+        entity=cfg.logging.wandb_entity,
+        name=cfg.logging.run_name or cfg.name,
+        config=cfg.to_dict(),
+        dir=str(run_dir),
+        mode=mode,
+        reinit="finish_previous",
+        settings=wandb.Settings(quiet=True),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +133,9 @@ def _train_loop_per_worker(config: dict) -> None:
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         logger(metrics)
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{metrics['epoch']:04d}")
+        ray.train.report(
+            metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{metrics['epoch']:04d}"
+        )
 
     try:
         run_training(cfg, report=report, resume_from=resume_dir)
@@ -170,14 +179,18 @@ def _trainer(cfg: TrainConfig, run_dir: Path):
         _train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir)},
         torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=CHECKPOINTS, storage_path=str(run_dir),
+            name=CHECKPOINTS,
+            storage_path=str(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             # the best (by cfg.metric) and the latest checkpoint are kept
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.metric,
-                                                         checkpoint_score_order=cfg.metric_mode),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.metric_mode
+            ),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # the console gets our epoch lines
         ),
     )
 
@@ -202,12 +215,46 @@ def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dic
     """
     run_dir = Path(cfg.run_dir).resolve()
     if resume and not epoch_checkpoints(run_dir):
-        raise CheckpointError(f"{run_dir / CHECKPOINTS}: no checkpoint to resume from (train without --resume)")
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINTS}: no checkpoint to resume from (train without --resume)"
+        )
     if not resume and (run_dir / CHECKPOINTS).exists():
         shutil.rmtree(run_dir / CHECKPOINTS)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_train_config(cfg, run_dir / "config.yaml")
     _trainer(cfg, run_dir).fit()
+    return finish_run(cfg, run_dir, evaluate=evaluate)
+
+
+def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
+    """:func:`fit` without Ray: one in-process worker, the same run directory (tests, notebooks, debugging).
+
+    Checkpoints go to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest are kept).
+    """
+    run_dir = Path(cfg.run_dir).resolve()
+    existing = epoch_checkpoints(run_dir)
+    if resume and not existing:
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINTS}: no checkpoint to resume from (train without --resume)"
+        )
+    if not resume and (run_dir / CHECKPOINTS).exists():
+        shutil.rmtree(run_dir / CHECKPOINTS)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_train_config(cfg, run_dir / "config.yaml")
+    logger = EpochLogger(cfg, run_dir, enabled=True)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        logger(metrics)
+        shutil.copytree(checkpoint_dir, run_dir / CHECKPOINTS / f"checkpoint_epoch{metrics['epoch']:04d}")
+        keep = {metrics["epoch"], read_progress(checkpoint_dir)["best_epoch"]}
+        for epoch, path in epoch_checkpoints(run_dir).items():
+            if epoch not in keep:
+                shutil.rmtree(path)
+
+    try:
+        run_training(cfg, report=report, resume_from=str(existing[max(existing)]) if resume else None)
+    finally:
+        logger.close()
     return finish_run(cfg, run_dir, evaluate=evaluate)
 
 
@@ -226,20 +273,33 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         best_epoch = max(sorted(checkpoints), key=lambda e: sign * history[e - 1][cfg.metric])
     shutil.copyfile(checkpoints[best_epoch] / MODEL_FILE, run_dir / "best_model.safetensors")
     plot_training_curves(history, run_dir / "training_curves.png", title=cfg.name)
-    summary = {"name": cfg.name, "seed": cfg.seed, "metric": cfg.metric, "best_metric": history[best_epoch - 1][cfg.metric],
-               "best_epoch": best_epoch, "epochs": progress["epoch"],
-               "stopped_early": progress["epoch"] < cfg.optim.epochs, "best": history[best_epoch - 1],
-               "history": history}
+    summary = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "metric": cfg.metric,
+        "best_metric": history[best_epoch - 1][cfg.metric],
+        "best_epoch": best_epoch,
+        "epochs": progress["epoch"],
+        "stopped_early": progress["epoch"] < cfg.optim.epochs,
+        "best": history[best_epoch - 1],
+        "history": history,
+    }
     if evaluate:
         from e2i.evaluate import evaluate_run
 
         summary["test"] = evaluate_run(run_dir, split=cfg.data.test_split)["metrics"]
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     test = summary.get("test", {})
-    tail = (f"; test R@1 {test['text_to_item/recall@1']:.4f} mAP@10 {test['text_to_item/mAP@10']:.4f}"
-            if test else "")
-    print(f"[{cfg.name}] done: {progress['epoch']} epochs, best {cfg.metric} {summary['best_metric']:.4f} "
-          f"at epoch {best_epoch}{tail} -> {run_dir}", flush=True)
+    tail = (
+        f"; test R@1 {test['text_to_item/recall@1']:.4f} mAP@10 {test['text_to_item/mAP@10']:.4f}"
+        if test
+        else ""
+    )
+    print(
+        f"[{cfg.name}] done: {progress['epoch']} epochs, best {cfg.metric} {summary['best_metric']:.4f} "
+        f"at epoch {best_epoch}{tail} -> {run_dir}",
+        flush=True,
+    )
     return summary
 
 
@@ -257,7 +317,11 @@ def fit_seeds(cfg: TrainConfig, seeds: list[int], *, resume: bool = False, evalu
     for seed in seeds:
         sub = cfg.replace({"seed": seed, "name": f"seed{seed}", "output_dir": cfg.run_dir})
         runs.append(fit(sub, resume=resume and bool(epoch_checkpoints(sub.run_dir)), evaluate=evaluate))
-    summary = {"name": cfg.name, "seeds": seeds, "summary": seed_summary(runs, "test" if evaluate else "best")}
+    summary = {
+        "name": cfg.name,
+        "seeds": seeds,
+        "summary": seed_summary(runs, "test" if evaluate else "best"),
+    }
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "seeds.json").write_text(json.dumps(summary, indent=1))
     print_seed_table(summary)
@@ -266,13 +330,22 @@ def fit_seeds(cfg: TrainConfig, seeds: list[int], *, resume: bool = False, evalu
 
 def seed_summary(runs: list[dict], section: str) -> dict[str, dict]:
     """{metric: {mean, std (sample, ddof=1; 0 for one seed), values}} over runs[i][section] scalars."""
-    keys = [k for k, v in runs[0][section].items() if isinstance(v, (int, float)) and not k.endswith("num_queries")
-            and k not in ("epoch", "step") and not k.startswith("time/")]
+    keys = [
+        k
+        for k, v in runs[0][section].items()
+        if isinstance(v, (int, float))
+        and not k.endswith("num_queries")
+        and k not in ("epoch", "step")
+        and not k.startswith("time/")
+    ]
     out = {}
     for key in keys:
         values = np.array([float(r[section][key]) for r in runs])
-        out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    "values": values.tolist()}
+        out[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "values": values.tolist(),
+        }
     return out
 
 
@@ -294,30 +367,58 @@ def print_seed_table(summary: dict) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="train config YAML (e.g. configs/siglip.yaml or <run dir>/config.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in <output_dir>/<name>/ from its last checkpoint")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers (data parallel); scaling.num_workers")
-    parser.add_argument("--use-gpu", action="store_true", default=None,
-                        help="request one GPU per worker (CPU fallback when there is none)")
-    parser.add_argument("--use-wandb", action="store_true", default=None,
-                        help="log to Weights & Biases (offline mode when WANDB_API_KEY is unset)")
+    parser.add_argument(
+        "config", help="train config YAML (e.g. configs/siglip.yaml or <run dir>/config.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in <output_dir>/<name>/ from its last checkpoint",
+    )
+    parser.add_argument(
+        "--num-workers", type=int, help="Ray Train workers (data parallel); scaling.num_workers"
+    )
+    parser.add_argument(
+        "--use-gpu",
+        action="store_true",
+        default=None,
+        help="request one GPU per worker (CPU fallback when there is none)",
+    )
+    parser.add_argument(
+        "--use-wandb",
+        action="store_true",
+        default=None,
+        help="log to Weights & Biases (offline mode when WANDB_API_KEY is unset)",
+    )
     parser.add_argument("--wandb-project", help="W&B project (logging.wandb_project)")
     parser.add_argument("--wandb-entity", help="W&B entity/team (logging.wandb_entity)")
     parser.add_argument("--run-name", help="W&B run name (logging.run_name; default: the config name)")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: train each, report mean ± std")
-    parser.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation after training")
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="skip the test-split evaluation after training"
+    )
     parser.add_argument("--output-dir", help="root of run directories (output_dir; default: results)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config file with --set overrides, then the dedicated flags on top."""
-    flags = {"scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu,
-             "logging.use_wandb": args.use_wandb, "logging.wandb_project": args.wandb_project,
-             "logging.wandb_entity": args.wandb_entity, "logging.run_name": args.run_name,
-             "output_dir": args.output_dir}
+    flags = {
+        "scaling.num_workers": args.num_workers,
+        "scaling.use_gpu": args.use_gpu,
+        "logging.use_wandb": args.use_wandb,
+        "logging.wandb_project": args.wandb_project,
+        "logging.wandb_entity": args.wandb_entity,
+        "logging.run_name": args.run_name,
+        "output_dir": args.output_dir,
+    }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_train_config(args.config, [*args.overrides, *extra])
 

@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     flat /= world
     offset = 0
     for p, g in zip(params, grads):
-        p.grad = flat[offset: offset + g.numel()].view_as(p).clone()
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
         offset += g.numel()
 
 
@@ -145,7 +145,7 @@ def seed_everything(seed: int) -> None:
 def pick_device(cfg: TrainConfig) -> torch.device:
     """cuda (Ray sets CUDA_VISIBLE_DEVICES per worker) when asked for and available, else CPU."""
     if cfg.scaling.use_gpu and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -169,8 +169,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr)
 
 
@@ -186,15 +188,19 @@ def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int) -> flo
 def embed_split(model, data: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
     """(item_z (N, D), caption_z (M, D)) in eval mode, in chunks, as float32."""
     model.eval()
-    items = [model.encode_items(data.item_emb[i: i + EVAL_CHUNK]).float()
-             for i in range(0, len(data.item_emb), EVAL_CHUNK)]
-    caps = [model.encode_captions(data.caption_emb[i: i + EVAL_CHUNK]).float()
-            for i in range(0, data.num_captions, EVAL_CHUNK)]
+    items = [
+        model.encode_items(data.item_emb[i : i + EVAL_CHUNK]).float()
+        for i in range(0, len(data.item_emb), EVAL_CHUNK)
+    ]
+    caps = [
+        model.encode_captions(data.caption_emb[i : i + EVAL_CHUNK]).float()
+        for i in range(0, data.num_captions, EVAL_CHUNK)
+    ]
     return torch.cat(items), torch.cat(caps)
 
 
 def val_metric_name(key: str) -> str:
-    """retrieval_metrics key -> reported name: text_to_item/x -> val/x, item_to_text/x -> val/item_to_text/x."""
+    """Reported name: text_to_item/x -> val/x, item_to_text/x -> val/item_to_text/x."""
     direction, _, metric = key.partition("/")
     return f"val/{metric}" if direction == "text_to_item" else f"val/{key}"
 
@@ -211,10 +217,13 @@ def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: boo
     n_batches, size = global_batches(data.num_captions, batch_size, 1)
     losses = []
     for b in range(n_batches):
-        rows = order[b * size: (b + 1) * size]
+        rows = order[b * size : (b + 1) * size]
         ids = data.caption_item[rows]
-        losses.append(float(loss_fn(item_z[ids], cap_z[rows], ids, model.logit_scale,
-                                    model.bias if bias_used else None)))
+        losses.append(
+            float(
+                loss_fn(item_z[ids], cap_z[rows], ids, model.logit_scale, model.bias if bias_used else None)
+            )
+        )
     out["val/loss"] = float(np.mean(losses))
     return out
 
@@ -229,8 +238,13 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 # The per-worker loop
 
 
-def run_training(cfg: TrainConfig, *, report: Report, resume_from: str | None = None,
-                 data: tuple[SplitData, SplitData] | None = None) -> dict:
+def run_training(
+    cfg: TrainConfig,
+    *,
+    report: Report,
+    resume_from: str | None = None,
+    data: tuple[SplitData, SplitData] | None = None,
+) -> dict:
     """Train ``cfg`` on this worker; returns {history, best, best_epoch, best_metric, epochs, stopped_early}.
 
     ``report(metrics, checkpoint_dir)`` is called once per epoch on every worker (checkpoint_dir is
@@ -267,35 +281,47 @@ def run_training(cfg: TrainConfig, *, report: Report, resume_from: str | None = 
     accum = cfg.optim.accumulate_grad_batches
     steps_per_epoch = math.ceil(n_batches / accum)
     total_steps = steps_per_epoch * cfg.optim.epochs
-    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda") if cfg.optim.precision == "16-mixed" and device.type == "cuda" else None
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    scaler = (
+        torch.amp.GradScaler("cuda") if cfg.optim.precision == "16-mixed" and device.type == "cuda" else None
+    )
     stopped_early = False
 
     for epoch in range(progress["epoch"], cfg.optim.epochs):
         start = time.perf_counter()
         model.train()
         torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + epoch)  # dropout stream of this epoch
-        perm = torch.randperm(train.num_captions, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        perm = torch.randperm(
+            train.num_captions, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        )
         perm = perm.to(device)
         losses = []
         for b in range(n_batches):
-            rows = perm[b * local * world + rank * local: b * local * world + (rank + 1) * local]  # (B/W,)
+            rows = perm[b * local * world + rank * local : b * local * world + (rank + 1) * local]  # (B/W,)
             ids = train.caption_item[rows]  # (B/W,) item row = positive id
             with autocast_context(cfg.optim.precision, device):
                 item_z, cap_z = model(train.item_emb[ids], train.caption_emb[rows])  # (B/W, D) each
-            loss = loss_fn(item_z.float(), cap_z.float(), ids, model.logit_scale,
-                           model.bias if bias_used else None)
+            loss = loss_fn(
+                item_z.float(), cap_z.float(), ids, model.logit_scale, model.bias if bias_used else None
+            )
             scaled = loss / accum
             (scaler.scale(scaled) if scaler else scaled).backward()
             losses.append(float(loss.detach()))
             if (b + 1) % accum == 0 or b + 1 == n_batches:
-                progress["step"] = _optimizer_step(optimizer, params, scaler, cfg, world, progress["step"],
-                                                   warmup_steps, total_steps)
+                progress["step"] = _optimizer_step(
+                    optimizer, params, scaler, cfg, world, progress["step"], warmup_steps, total_steps
+                )
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch + 1, "step": progress["step"], "train/loss": float(np.mean(losses)),
-                   "lr": optimizer.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach()),
-                   **validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used),
-                   "time/epoch_s": seconds, "train/pairs_per_s": n_batches * local * world / seconds}
+        metrics = {
+            "epoch": epoch + 1,
+            "step": progress["step"],
+            "train/loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "logit_scale": float(model.logit_scale.detach()),
+            **validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used),
+            "time/epoch_s": seconds,
+            "train/pairs_per_s": n_batches * local * world / seconds,
+        }
         value = metrics.get(cfg.metric)
         if value is None:
             raise KeyError(f"metric {cfg.metric!r} is not computed (have: {', '.join(sorted(metrics))})")
@@ -314,12 +340,19 @@ def run_training(cfg: TrainConfig, *, report: Report, resume_from: str | None = 
 
     history = progress["history"]
     best = history[progress["best_epoch"] - 1] if progress["best_epoch"] else {}
-    return {"history": history, "best": best, "best_epoch": progress["best_epoch"],
-            "best_metric": progress["best_metric"], "epochs": progress["epoch"], "stopped_early": stopped_early}
+    return {
+        "history": history,
+        "best": best,
+        "best_epoch": progress["best_epoch"],
+        "best_metric": progress["best_metric"],
+        "epochs": progress["epoch"],
+        "stopped_early": stopped_early,
+    }
 
 
-def _optimizer_step(optimizer, params, scaler, cfg: TrainConfig, world: int, step: int,
-                    warmup_steps: int, total_steps: int) -> int:
+def _optimizer_step(
+    optimizer, params, scaler, cfg: TrainConfig, world: int, step: int, warmup_steps: int, total_steps: int
+) -> int:
     """Average grads over workers, clip, set the scheduled lr, step; returns the new step count."""
     if scaler:
         scaler.unscale_(optimizer)
@@ -338,16 +371,23 @@ def _optimizer_step(optimizer, params, scaler, cfg: TrainConfig, world: int, ste
     return step + 1
 
 
-def _report_epoch(report: Report, metrics: dict, rank: int, model, optimizer, loss_fn, progress: dict,
-                  cfg: TrainConfig) -> None:
+def _report_epoch(
+    report: Report, metrics: dict, rank: int, model, optimizer, loss_fn, progress: dict, cfg: TrainConfig
+) -> None:
     """Rank 0 writes a checkpoint into a temporary directory that lives for the report call only."""
     if rank != 0:
         report(metrics, None)
         return
     directory = tempfile.mkdtemp(prefix="e2i-ckpt-")
     try:
-        save_checkpoint(directory, model=model, optimizer=optimizer, loss_fn=loss_fn, progress=progress,
-                        config=cfg.to_dict())
+        save_checkpoint(
+            directory,
+            model=model,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            progress=progress,
+            config=cfg.to_dict(),
+        )
         report(metrics, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

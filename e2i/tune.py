@@ -65,6 +65,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from e2i.config import save_train_config
@@ -73,6 +74,7 @@ from e2i.space import TuneSpace, load_space
 
 TRIAL_KEY = "optuna_trial"  # added to every Tune trial's config: the Optuna trial number
 FAIL_REASON = "e2i:fail_reason"
+FAIL_REASON_ORPHAN = "tune driver stopped before recording the trial; parameters re-queued"
 STEP_ATTR = "epoch"  # ASHA's time attribute and the step of Optuna's intermediate values
 
 
@@ -87,13 +89,24 @@ def objective_key(metric: str) -> str:
 class E2IOptunaSearch(OptunaSearch):
     """OptunaSearch with PRUNED for ASHA-stopped trials and a study repair on restore (module doc)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, num_samples: int | None = None, **kwargs) -> None:
+        self.num_samples = num_samples  # the budget, counted in the study (see budget_used)
         self.stopped_early: set[str] = set()  # Tune trial ids ASHA stopped before max_t
         self.finished_elsewhere: set[str] = set()  # finished in the study, not in Tune's snapshot
         self.scheduler: RecordingASHA | None = None  # set by RecordingASHA; not part of saved state
         super().__init__(*args, **kwargs)
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def budget_used(self) -> int:
+        """Trials of the study that count toward num_samples: all asked ones except the FAILs this
+        searcher made of orphans on resume (their parameters were re-queued)."""
+        return sum(1 for t in self._ot_study.get_trials(deepcopy=False)
+                   if t.state != TrialState.WAITING and FAIL_REASON_ORPHAN != t.user_attrs.get(FAIL_REASON))
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        # Tune's own counter is restored from its snapshot and can lag behind the study after a
+        # kill (trials asked after the snapshot); the study is the truth, so the budget is checked here.
+        if self.num_samples is not None and self.budget_used() >= self.num_samples:
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if config is not None:
             ot_trial = self._ot_trials[trial_id]
@@ -125,12 +138,15 @@ class E2IOptunaSearch(OptunaSearch):
                 reason = "trial errored" if error else f"no finite {self.metric} reported"
                 ot_trial.set_user_attr(FAIL_REASON, reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            elif trial_id in self.stopped_early:
-                self._report(trial_id, result)  # Tune does not pass the result ASHA stopped at
-                ot_trial.set_user_attr("stopped_by", "asha")
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
-                self._ot_study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
+                # Tune does not pass a result the scheduler said STOP to (a rung, or max_t) on
+                # to on_trial_result: record it, so every epoch has its intermediate value
+                self._report(trial_id, result)
+                if trial_id in self.stopped_early:
+                    ot_trial.set_user_attr("stopped_by", "asha")
+                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                else:
+                    self._ot_study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
         except Exception as exc:  # noqa: BLE001 - e.g. already finished in the study
             warnings.warn(f"optuna trial {ot_trial.number}: {exc}")
         self._completed_trials.add(trial_id)
@@ -161,8 +177,7 @@ class E2IOptunaSearch(OptunaSearch):
         counts = {"failed_orphans": 0, "finished_elsewhere": 0}
         for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
-                storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON,
-                                            "tune driver stopped before recording the trial")
+                storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON, FAIL_REASON_ORPHAN)
                 storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
                 self._ot_study.enqueue_trial(frozen.params, user_attrs={"e2i:requeued_from": frozen.number})
                 counts["failed_orphans"] += 1
@@ -268,9 +283,9 @@ class _Objective:
 
     def __call__(self, metrics: dict) -> dict:
         value = metrics.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.best is None or self.sign * value > self.sign * self.best:
-                self.best = float(value)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if finite and (self.best is None or self.sign * value > self.sign * self.best):
+            self.best = float(value)
         return {**metrics, objective_key(self.metric): self.best if self.best is not None else float("nan")}
 
 
@@ -396,7 +411,7 @@ def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
 
     searcher = E2IOptunaSearch(space=space.sample, metric=objective_key(space.metric), mode=space.mode,
                       sampler=make_sampler(space), study_name=space.study_name,
-                      storage=make_storage(space.optuna_url))
+                      storage=make_storage(space.optuna_url), num_samples=space.search.num_samples)
     sched = space.scheduler
     scheduler = None
     if sched.type == "asha":
@@ -463,9 +478,10 @@ def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = Fals
     import ray
     import ray.tune
 
-    if not ray.is_initialized():
-        ray.init()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # CheckpointConfig(num_to_keep=1) makes Tune snapshot the experiment whenever a trial saved a
+    # checkpoint (each epoch): wanted (small drift on resume), so not worth a warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
     tune_path, fs = _tune_storage(space)
     exp_path = f"{tune_path.rstrip('/')}/{space.name}"
@@ -483,6 +499,8 @@ def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = Fals
         space = _original_budget(space)
     else:
         _write_experiment_json(space, exp_path, fs)
+    if not ray.is_initialized():
+        ray.init()
     trainable = _trainable(space, tune_path, fs)
     if resume:
         tuner = ray.tune.Tuner.restore(exp_path, trainable, storage_filesystem=fs, resume_unfinished=True,

@@ -22,7 +22,7 @@ which the wheel does not ship), and `AutoscalingCluster` would also run `ray sto
 every Ray instance of this user on the machine.
 
 Each head gets its own short `--temp-dir` (unix socket paths must stay under ~107 chars), free
-ports, 127.0.0.1 only, and runs in its own process group with `--block`; teardown terminates that
+ports, the dashboard/job API on 127.0.0.1 only, and runs in its own process group with `--block`; teardown terminates that
 group, then kills any process still naming the head's temp dir (fake worker raylets included). We
 never call `ray stop` (it would stop other Ray instances on the machine).
 """
@@ -33,6 +33,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -114,6 +115,10 @@ def fake_autoscaling_config(
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
+            # Create `count` nodes when the autoscaler asks for `count` (as cloud providers do); the
+            # provider's default (False) creates ONE node per request whatever the count, so the
+            # autoscaler sees launches go missing and asks again, over-provisioning under load.
+            "launch_multiple": True,
         },
         "auth": {},
         "available_node_types": node_types,
@@ -152,6 +157,14 @@ class RayHead:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def autoscaler_events(self) -> str:
+        """The autoscaler's decisions from its log: launches ("Adding 2 node(s) of type gpu_1x"),
+        terminations (idle nodes) and failures."""
+        logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
+        text = logs[-1].read_text(errors="replace") if logs else ""
+        keys = ("Adding", "Removing", "Terminat", "terminat", "idle", "launch", "Launch", "Error", "rror:")
+        return "\n".join(line for line in text.splitlines() if any(k in line for k in keys))
 
     def run(self, args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
         """A CLI command (e.g. `[RAY_BIN, "status", ...]`) with this head's environment."""
@@ -234,9 +247,12 @@ def ray_head(
     head_env = {**os.environ, **(env or {})}
     head_env.pop("RAY_ADDRESS", None)
     head_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Job entrypoints (`python jobs/demo.py`) resolve `python` on the head's PATH: put this venv first,
+    # as a cluster node does when Ray is started from the project's venv.
+    head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
     cmd = [
         RAY_BIN, "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address", "127.0.0.1", "--port", str(port),
+        "--port", str(port),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--include-dashboard", "true",
         "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
         "--object-store-memory", str(FAKE_OBJECT_STORE_BYTES * 2),
@@ -274,6 +290,25 @@ def ray_head(
     finally:
         _kill_group(proc, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+_STATUS_NODE = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")  # " 2 gpu_1x" under "Active:"
+
+
+def node_types(head: RayHead) -> dict[str, int] | None:
+    """Nodes the autoscaler counts as up (`ray status`: its Active and Idle sections) by node type
+    name, e.g. {"ray.head.default": 1, "gpu_1x": 2}; None while it has not reported yet."""
+    res = head.run([RAY_BIN, "status", "--address", head.address], timeout=60)
+    if res.returncode != 0 or "Node status" not in res.stdout:
+        return None
+    counts: dict[str, int] = {}
+    section = None
+    for line in res.stdout.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            section = line.rstrip()[:-1]  # "Active", "Idle", "Pending", "Recent failures", ...
+        elif section in ("Active", "Idle") and (m := _STATUS_NODE.match(line)):
+            counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
+    return counts
 
 
 def dashboard_json(head: RayHead, path: str) -> Any:

@@ -67,13 +67,15 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def light_run(ray_local, toy_root, tmp_path_factory, s3):
-    """One uninterrupted run on the toy corpus, mirrored to S3 every 100 rows (shards of 32 rows)."""
+    """One uninterrupted run on the toy corpus with pseudo-images, mirrored to S3 every 100 rows (shards of
+    32 rows) and at the end with the images and (--include-embeddings) the shards."""
     cache_dir = tmp_path_factory.mktemp("stores")
     with pytest.MonkeyPatch.context() as mp:
         for k, v in s3.items():
             mp.setenv(k, v)
         summary = cache.cache_corpus(toy_root, cache_dir=cache_dir, batch_size=16, shard_size=32,
-                                     mirror="s3://e2i-test/stores", upload_every=100, **LIGHT)
+                                     mirror="s3://e2i-test/stores", upload_every=100, include_embeddings=True,
+                                     with_images=True, image_options={"image_size": 16}, **LIGHT)
         remote_problems = verify_store("s3://e2i-test/stores/toy/development")
         remote = load_split("s3://e2i-test/stores/toy/development")
     return summary, Path(summary["store"]), remote_problems, remote
@@ -141,11 +143,13 @@ def test_pool_resources_from_cluster():
     res = cache.pool_resources({"CPU": 2.0, "GPU": 4.0}, num_actors=8)
     assert res["compute"].max_size == 4 and res["num_gpus"] == 1 and res["num_cpus"] == 0.25
     res = cache.pool_resources({"CPU": 2.0})  # the deadlock case: actors must leave CPUs to the readers
-    assert res["compute"].max_size == 1 and res["num_cpus"] == 1.0 and "num_gpus" not in res
+    assert res["compute"].max_size == 1 and res["num_cpus"] == 0.5 and "num_gpus" not in res
     res = cache.pool_resources({"CPU": 2.0}, num_actors=2)
     assert res["compute"].max_size == 2 and res["num_cpus"] == 0.5
     res = cache.pool_resources({"CPU": 16.0}, num_batches=3)
-    assert res["compute"].max_size == 3 and res["num_cpus"] == 1.0
+    assert res["compute"].max_size == 3 and res["num_cpus"] == 0.5
+    res = cache.pool_resources({"CPU": 2.0}, num_actors=4)
+    assert res["compute"].max_size == 4 and res["num_cpus"] == 0.25
     with pytest.raises(ConfigError, match="--num-actors"):
         cache.pool_resources({"CPU": 2.0}, num_actors=0)
 
@@ -164,6 +168,26 @@ def test_actors_got_one_fake_gpu_each(light_run, ray_local):
         assert all(g in ("0", "1") for g in gpus_by_pid.values())  # exactly one GPU id per actor
         assert len(set(gpus_by_pid.values())) == len(gpus_by_pid)  # different actors, different GPUs
         assert {p["device"] for p in placement} == {"cpu"}
+        assert not set(summary[kind]["preprocess_pids"]) & set(gpus_by_pid)  # decoding ran in CPU tasks
+
+
+def test_cpu_pool_keeps_preprocessing_in_separate_tasks(ray_local):
+    """CPU-only pool (as on a 2-CPU box): fractional actors, and Ray Data must not fuse the preprocess
+    tasks into the actors (equal resource requests would), so rows are decoded and embedded in
+    different processes."""
+    from e2i.encoders import get_encoder
+
+    rows = [{"caption_id": f"c{i}", "item_id": f"i{i}", "text": f"a dog barks {i} times"} for i in range(12)]
+    rows.append({"caption_id": "empty", "item_id": "i0", "text": "  "})
+    res = cache.pool_resources({"CPU": 2.0})
+    batches = list(cache.embed_stream(rows, get_encoder("ngram-hash", dim=64), "captions", batch_size=4,
+                                      resources=res))
+    got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    assert sorted(got["caption_id"]) == sorted(r["caption_id"] for r in rows)
+    assert got["embedding"].shape == (13, 64) and set(got["_gpu_ids"]) == {""}
+    assert not set(got["_prep_pid"]) & set(got["_pid"])
+    errors = dict(zip(got["caption_id"], got["error"]))
+    assert errors["empty"] == "empty text" and all(e == "" for c, e in errors.items() if c != "empty")
 
 
 # ----------------------------------------------------------------------------------------- mirror
@@ -175,6 +199,26 @@ def test_mirror_to_s3_during_and_after_the_run(light_run):
     assert list(remote.item_ids) == list(local.item_ids)
     np.testing.assert_array_equal(remote.caption_emb, local.caption_emb)
     assert remote.manifest == local.manifest
+
+
+def test_pseudo_images_are_written_and_mirrored(light_run, s3):
+    from e2i.images import png_name, read_pseudo_image
+
+    summary, out, _, _ = light_run
+    assert summary["images"]["counts"] == {"audio": N_ITEMS, "text": 5 * N_ITEMS}
+    assert len(list((out / "pseudo_images" / "audio").glob("*.png"))) == N_ITEMS
+    assert len(list((out / "pseudo_images" / "text").glob("*.png"))) == 5 * N_ITEMS
+    data = load_split(out)
+    vec, meta = read_pseudo_image(out / "pseudo_images" / "text" / png_name(data.caption_ids[7]))
+    assert meta["id"] == data.caption_ids[7]
+    span = data.caption_emb[7].max() - data.caption_emb[7].min()
+    np.testing.assert_allclose(vec, data.caption_emb[7], atol=span / 500)  # invertible up to 8-bit steps
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=s3["AWS_ENDPOINT_URL"].split("://")[1], scheme="http",
+                           access_key="testing", secret_key="testing", region="us-east-1")
+    remote = fs.get_file_info(pafs.FileSelector("e2i-test/stores/toy/development/pseudo_images", recursive=True))
+    assert sum(i.base_name.endswith(".png") for i in remote) == 6 * N_ITEMS
 
 
 def test_rerun_skips_everything_and_a_dead_mirror_is_reported(light_run, toy_root, s3, monkeypatch, tmp_path):

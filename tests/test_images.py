@@ -12,8 +12,15 @@ from PIL import Image
 
 from e2i import images
 from e2i.errors import ConfigError
-from e2i.images import (embedding_to_image, grid_side, image_to_embedding, png_name, pseudo_image_png,
-                        read_pseudo_image, value_range)
+from e2i.images import (
+    embedding_to_image,
+    grid_side,
+    image_to_embedding,
+    png_name,
+    pseudo_image_png,
+    read_pseudo_image,
+    value_range,
+)
 from e2i.store import StoreWriter, make_captions_table, make_items_table
 
 
@@ -105,13 +112,24 @@ def _small_store(path, *, with_manifest=True, n=6, di=10, dc=7, ext=".wav"):
     cap_ids = np.array([f"{i}#{k}" for i in item_ids for k in (1, 2)], dtype=object)
     item_emb = rng.normal(size=(n, di)).astype(np.float32)
     cap_emb = rng.normal(size=(2 * n, dc)).astype(np.float32)
-    w = StoreWriter(path, dataset="toy", split="all",
-                    encoders={"audio" if ext == ".wav" else "image": {"name": "x", "dim": di},
-                              "text": {"name": "y", "dim": dc}})
-    w.write_shard("items", make_items_table(item_ids[:4], [f"a/{i}" for i in item_ids[:4]], item_emb[:4]), "p0")
-    w.write_shard("items", make_items_table(item_ids[4:], [f"a/{i}" for i in item_ids[4:]], item_emb[4:]), "p1")
-    w.write_shard("captions", make_captions_table(cap_ids, np.repeat(item_ids, 2), ["t"] * len(cap_ids),
-                                                  cap_emb), "p0")
+    w = StoreWriter(
+        path,
+        dataset="toy",
+        split="all",
+        encoders={
+            "audio" if ext == ".wav" else "image": {"name": "x", "dim": di},
+            "text": {"name": "y", "dim": dc},
+        },
+    )
+    w.write_shard(
+        "items", make_items_table(item_ids[:4], [f"a/{i}" for i in item_ids[:4]], item_emb[:4]), "p0"
+    )
+    w.write_shard(
+        "items", make_items_table(item_ids[4:], [f"a/{i}" for i in item_ids[4:]], item_emb[4:]), "p1"
+    )
+    w.write_shard(
+        "captions", make_captions_table(cap_ids, np.repeat(item_ids, 2), ["t"] * len(cap_ids), cap_emb), "p0"
+    )
     if with_manifest:
         w.finalize()
     return dict(zip(item_ids, item_emb)), dict(zip(cap_ids, cap_emb))
@@ -143,15 +161,36 @@ def test_cli_images_on_a_foreign_split(ray_local, tmp_path, capsys):
     split = tmp_path / "foreign" / "all"
     _small_store(split, with_manifest=False, ext=".jpg")
     out = tmp_path / "imgs"
-    rc = main(["images", "--store", str(tmp_path / "foreign"), "--images-dir", str(out), "--image-size", "24",
-               "--image-mode", "bicubic", "--image-channel-mode", "replicate", "--clip-values", "--kinds", "items"])
+    rc = main(
+        [
+            "images",
+            "--store",
+            str(tmp_path / "foreign"),
+            "--images-dir",
+            str(out),
+            "--image-size",
+            "24",
+            "--image-mode",
+            "bicubic",
+            "--image-channel-mode",
+            "replicate",
+            "--clip-values",
+            "--kinds",
+            "items",
+        ]
+    )
     assert rc == 0
     files = sorted(os.listdir(out / "pseudo_images" / "image"))
     assert files == sorted(png_name(f"clip{i}.jpg") for i in range(6))
     img = np.asarray(Image.open(out / "pseudo_images" / "image" / files[0]))
     assert img.shape == (24, 24, 3) and (img[..., 0] == img[..., 2]).all()  # replicate = grey
     meta = json.loads((out / "pseudo_images" / "meta.json").read_text())
-    assert meta["options"] == {"image_size": 24, "mode": "bicubic", "channel_mode": "replicate", "clip_values": True}
+    assert meta["options"] == {
+        "image_size": 24,
+        "mode": "bicubic",
+        "channel_mode": "replicate",
+        "clip_values": True,
+    }
     assert "pseudo-images: 6 PNGs from 1 split(s)" in capsys.readouterr().out
     assert main(["images", "--store", str(tmp_path / "nothing")]) == 2
     with pytest.raises(ConfigError, match="modalities"):

@@ -123,6 +123,7 @@ def test_s3_mirror_and_failure_when_server_stops(tmp_path, monkeypatch):
     assert set(report.failed) == {"items/part-00005.parquet", "captions/part-00005.parquet", "rejected.parquet"}
     assert "manifest.json" not in report.uploaded and "manifest.json" not in report.failed
     assert "3 failed" in report.summary()
+    assert sum(e.startswith("not attempted") for e in report.failed.values()) == 2  # stops after one file
     # the local store is untouched by the failure and still valid
     after = digests(split)
     assert {k: v for k, v in after.items() if k in before and k not in ("manifest.json", "rejected.parquet")} == \

@@ -18,10 +18,18 @@ TINY_PASST = {"pretrained": False, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
 # Words the tiny tokenizer is trained on (captions in tests should mostly use these).
 _CORPUS = [
-    "a dog barks loudly in the distance", "birds are singing in the trees", "a car passes by on a wet road",
-    "rain falls on a metal roof", "a high pitched tone rises slowly", "a low hum with a faint hiss",
-    "fast rhythmic beeping can be heard", "people talk and laugh in a busy room", "water flows in a stream",
-    "a red ball on green grass", "a cat sleeping on a blue sofa", "white noise bursts then silence",
+    "a dog barks loudly in the distance",
+    "birds are singing in the trees",
+    "a car passes by on a wet road",
+    "rain falls on a metal roof",
+    "a high pitched tone rises slowly",
+    "a low hum with a faint hiss",
+    "fast rhythmic beeping can be heard",
+    "people talk and laugh in a busy room",
+    "water flows in a stream",
+    "a red ball on green grass",
+    "a cat sleeping on a blue sofa",
+    "white noise bursts then silence",
 ]
 
 
@@ -30,10 +38,16 @@ def _train_bpe(vocab_size: int = 400):
     from tokenizers.processors import RobertaProcessing
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(_CORPUS * 4, vocab_size=vocab_size, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    tok._tokenizer.post_processor = RobertaProcessing(("</s>", tok.token_to_id("</s>")),
-                                                      ("<s>", tok.token_to_id("<s>")))
+    tok.train_from_iterator(
+        _CORPUS * 4,
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
+    tok._tokenizer.post_processor = RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>"))
+    )
     return tok
 
 
@@ -41,22 +55,38 @@ def tiny_tokenizer(model_max_length: int = 62):
     """Byte-level BPE trained in memory, wrapped as a RoBERTa-style PreTrainedTokenizerFast."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=_train_bpe()._tokenizer, bos_token="<s>", eos_token="</s>",
-                                   cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                   mask_token="<mask>", model_max_length=model_max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe()._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+    )
 
 
-def tiny_roberta(path: str | os.PathLike, *, hidden_size: int = 32, layers: int = 2,
-                 max_positions: int = 66, seed: int = 0) -> str:
+def tiny_roberta(
+    path: str | os.PathLike, *, hidden_size: int = 32, layers: int = 2, max_positions: int = 66, seed: int = 0
+) -> str:
     """Save a tiny RobertaModel + tokenizer to ``path`` (model_max_length = max_positions - 4)."""
     import torch
     from transformers import RobertaConfig, RobertaModel
 
     tok = tiny_tokenizer(model_max_length=max_positions - 4)
-    config = RobertaConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=layers,
-                           num_attention_heads=2, intermediate_size=2 * hidden_size,
-                           max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = RobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(seed)
     path = Path(path)
     RobertaModel(config).save_pretrained(path)
@@ -70,13 +100,21 @@ def _siglip_processor(image_size: int):
     return SiglipImageProcessor(size={"height": image_size, "width": image_size})
 
 
-def tiny_siglip(path: str | os.PathLike, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0) -> str:
+def tiny_siglip(
+    path: str | os.PathLike, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0
+) -> str:
     """Save a tiny SiglipVisionModel + SiglipImageProcessor to ``path``."""
     import torch
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    config = SiglipVisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-                                num_attention_heads=2, image_size=image_size, patch_size=8)
+    config = SiglipVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+    )
     torch.manual_seed(seed)
     path = Path(path)
     SiglipVisionModel(config).save_pretrained(path)
@@ -89,28 +127,45 @@ def tiny_clip(path: str | os.PathLike, *, hidden_size: int = 32, image_size: int
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    small = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
-                 num_attention_heads=2)
-    config = CLIPConfig(text_config={**small, "vocab_size": 100, "max_position_embeddings": 16},
-                        vision_config={**small, "image_size": image_size, "patch_size": 8}, projection_dim=16)
+    small = {
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": 100, "max_position_embeddings": 16},
+        vision_config={**small, "image_size": image_size, "patch_size": 8},
+        projection_dim=16,
+    )
     torch.manual_seed(seed)
     path = Path(path)
     CLIPModel(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(path)
     return str(path)
 
 
-def tiny_dinov2(path: str | os.PathLike, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0) -> str:
+def tiny_dinov2(
+    path: str | os.PathLike, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0
+) -> str:
     """Save a tiny Dinov2Model + BitImageProcessor (DINOv2's processor) to ``path``."""
     import torch
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    config = Dinov2Config(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
-                          num_attention_heads=2, image_size=image_size, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+    )
     torch.manual_seed(seed)
     path = Path(path)
     Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": image_size},
-                      crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(path)
     return str(path)

@@ -1,0 +1,203 @@
+"""Benchmark 3, head training: `e2i train` (Ray Train, 1 worker) vs a bare torch loop; GFLOP/s vs a matmul.
+
+Same store (synthetic-latent, see ``e2i.synthetic``), head (``clip``: Linear-GELU-Linear), loss
+(``sigmoid_infonce``), AdamW, batch size, gradient clipping and torch thread count on both sides:
+
+- **e2i train**: ``e2i.train.fit`` builds a ``TorchTrainer`` with one worker running
+  ``e2i.train_loop.run_training``. Its per-epoch ``train/pairs_per_s`` (timed inside the worker over the
+  optimisation steps, validation excluded) is taken from epoch 2 on (epoch 1 pays first-call costs);
+  the median counts. The wall time of the whole ``fit`` (worker start-up, validation, checkpoints) is
+  shown for information.
+- **bare loop**: the same steps in this process without Ray (shuffle, gather the batch, forward,
+  loss, backward, clip, AdamW step), same number of epochs, median epoch.
+
+Threads: the Ray worker's torch thread count is read from a task in the same job; the bare loop uses
+the same (``torch.set_num_threads``). When the benchmark starts Ray itself it pins ``OMP_NUM_THREADS``
+to the CPU count for every worker.
+
+GFLOP/s: ``torch.utils.flop_counter.FlopCounterMode`` counts the matmul FLOPs of one bare step
+(forward + backward of both heads and the B x B logits); achieved = FLOPs x steps / time. The
+reference is one plain square matmul with the same FLOP count (``2 n^3`` = FLOPs of a step), timed on
+the same threads: the fraction says how much of the machine's matmul speed the small, latency-bound
+training step reaches.
+
+    python benchmarks/bench_training.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import Result  # noqa: E402
+
+BENCH = "head training"
+FULL = {"n_items": 5000, "item_dim": 512, "caption_dim": 512, "hidden": 512, "output": 256, "batch": 256,
+        "epochs": 4}
+QUICK = {"n_items": 300, "item_dim": 32, "caption_dim": 24, "hidden": 32, "output": 16, "batch": 64,
+         "epochs": 2}
+TARGET = 0.9  # e2i train pairs/s >= 0.9 of the bare loop
+
+
+def make_config(store: Path, out: Path, size: dict):
+    from e2i.config import train_config_from_dict
+
+    return train_config_from_dict({
+        "name": "bench-train", "seed": 0, "output_dir": str(out), "metric": "val/recall@1",
+        "data": {"store": str(store)},
+        "model": {"type": "clip", "hidden_dim": size["hidden"], "output_dim": size["output"], "dropout": 0.1,
+                  "init_temperature": 0.1},
+        "loss": {"type": "sigmoid_infonce"},
+        "optim": {"lr": 1e-3, "epochs": size["epochs"], "batch_size": size["batch"], "early_stopping_patience": 0},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1.0},
+        "logging": {"tensorboard": False},
+    }, "<bench_training>")
+
+
+def worker_threads() -> int:
+    """torch's intra-op thread count inside a Ray worker of this job (what the Train worker gets)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def threads() -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    return int(ray.get(threads.remote()))
+
+
+class BareLoop:
+    """The training step of e2i.train_loop without Ray, validation or checkpoints."""
+
+    def __init__(self, cfg, train) -> None:
+        import torch
+
+        from e2i.heads import build_model
+        from e2i.losses import build_loss
+        from e2i.train_loop import build_optimizer, global_batches
+
+        torch.manual_seed(cfg.seed)
+        self.cfg = cfg
+        self.item_emb = torch.from_numpy(train.item_emb)  # (N, Di)
+        self.cap_emb = torch.from_numpy(train.caption_emb)  # (M, Dc)
+        self.cap_item = torch.from_numpy(train.caption_item)  # (M,)
+        self.model = build_model(cfg.model, train.item_dim, train.caption_dim)
+        self.loss_fn = build_loss(cfg.loss, dim=cfg.model.output_dim)
+        self.opt = build_optimizer(self.model, cfg)
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.n_batches, self.batch = global_batches(len(self.cap_emb), cfg.optim.batch_size, 1)
+
+    def step(self, rows) -> float:
+        import torch
+
+        ids = self.cap_item[rows]  # (B,) item row = positive id
+        item_z, cap_z = self.model(self.item_emb[ids], self.cap_emb[rows])  # (B, D) each
+        loss = self.loss_fn(item_z, cap_z, ids, self.model.logit_scale, self.model.bias)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def epoch(self, epoch: int) -> float:
+        """Seconds of one epoch (same permutation and batch slicing as the e2i loop)."""
+        import torch
+
+        self.model.train()
+        start = time.perf_counter()
+        perm = torch.randperm(len(self.cap_emb), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+        for b in range(self.n_batches):
+            self.step(perm[b * self.batch:(b + 1) * self.batch])
+        return time.perf_counter() - start
+
+    def step_flops(self) -> int:
+        """Matmul FLOPs of one training step (forward + backward), counted by torch."""
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        rows = torch.arange(self.batch)
+        with FlopCounterMode(display=False) as counter:
+            ids = self.cap_item[rows]
+            item_z, cap_z = self.model(self.item_emb[ids], self.cap_emb[rows])
+            self.loss_fn(item_z, cap_z, ids, self.model.logit_scale, self.model.bias).backward()
+        self.opt.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
+
+
+def matmul_gflops(flops: int, repeats: int = 20) -> tuple[float, int]:
+    """(GFLOP/s, n) of a square float32 matmul with 2 n^3 ~= ``flops``, best of ``repeats``."""
+    import torch
+
+    n = max(8, round((flops / 2) ** (1 / 3)))
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = harness.best_of(lambda: a @ b, repeats)
+    return 2 * n ** 3 / best / 1e9, n
+
+
+def run(quick: bool = False, work: Path | None = None) -> list[Result]:
+    import torch
+
+    from e2i.store import load_split
+    from e2i.synthetic import make_synthetic_store
+    from e2i.train import fit
+
+    size = QUICK if quick else FULL
+    threads = worker_threads()
+    torch.set_num_threads(threads)
+    with harness.work_dir(str(work) if work else None, "e2i-bench-train-") as root:
+        store = make_synthetic_store(root / "store", n_items=size["n_items"], item_dim=size["item_dim"],
+                                     caption_dim=size["caption_dim"], seed=0)
+        cfg = make_config(store, root / "results", size)
+        train = load_split(store / "train", with_text=False)
+
+        wall, summary = harness.timed(lambda: fit(cfg, evaluate=False))
+        history = summary["history"]
+        ray_rates = [h["train/pairs_per_s"] for h in history[1:]] or [history[0]["train/pairs_per_s"]]
+        ray_rate = statistics.median(ray_rates)
+
+        bare = BareLoop(cfg, train)
+        pairs = bare.n_batches * bare.batch
+        bare_times = [bare.epoch(e) for e in range(cfg.optim.epochs)]
+        bare_time = statistics.median(bare_times[1:] or bare_times)
+        bare_rate = pairs / bare_time
+        flops = bare.step_flops()
+    achieved = flops * bare.n_batches / bare_time / 1e9
+    peak, n = matmul_gflops(flops)
+    total_pairs = pairs * cfg.optim.epochs
+    return [
+        Result(BENCH, f"e2i train (Ray Train, 1 worker) vs bare torch loop: clip head, sigmoid loss, "
+                      f"batch {cfg.optim.batch_size}, {threads} torch thread(s), {pairs:,} pairs/epoch",
+               f"{harness.fmt_rate(ray_rate, 'pairs/s')} vs {harness.fmt_rate(bare_rate, 'pairs/s')}",
+               ray_rate / bare_rate, ">=", TARGET, note="median epoch from epoch 2; validation excluded"),
+        Result(BENCH, f"e2i train end to end ({cfg.optim.epochs} epochs incl. worker start-up, validation, "
+                      "checkpoints) vs bare loop's training time",
+               f"{wall:.1f} s vs {sum(bare_times):.1f} s ({harness.fmt_rate(total_pairs / wall, 'pairs/s')} overall)",
+               wall / sum(bare_times), note="for information: fixed start-up dominates short runs"),
+        Result(BENCH, f"bare loop matmul GFLOP/s vs one {n}x{n} matmul of the same FLOPs "
+                      f"({flops / 1e9:.2f} GFLOP per step)",
+               f"{achieved:.1f} GFLOP/s vs {peak:.1f} GFLOP/s", achieved / peak, unit="%",
+               note="reported fraction (no target)"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = harness.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    harness.quiet_environment()
+    cpus = args.num_cpus or os.cpu_count() or 1
+    with harness.local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)}):
+        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
+    return harness.finish(results, "Benchmark: head training", args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""What every benchmark script shares: result rows with targets, the table, the CLI flags, Ray start-up.
+
+A benchmark measures two things in the same process (e.g. the Ray pipeline and a bare loop doing the
+same work) and reports their ratio next to a target, so the machine's speed and noise cancel out.
+Each script exposes ``run(quick=False, ...) -> list[Result]`` (callable in-process, e.g. from tests with
+an already running Ray) and ``main(argv=None)`` (parses ``--quick/--json``, starts its own Ray, prints
+the table, writes the rows as JSON for ``run_all.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere imports the repo's e2i
+    sys.path.insert(0, str(REPO))
+
+
+# --------------------------------------------------------------------------------------------------
+# Result rows
+
+
+@dataclass
+class Result:
+    """One measured figure: ``ratio`` compared with ``target`` (``op`` is '>=' or '<='; None = report only).
+
+    ``measured`` is the human-readable pair behind the ratio (e.g. '812 rows/s vs 870 rows/s');
+    ``note`` says how it was measured or why a target is missed.
+    """
+
+    benchmark: str
+    figure: str
+    measured: str
+    ratio: float | None = None
+    op: str | None = None  # ">=" | "<=" | None
+    target: float | None = None
+    unit: str = "x"  # how the ratio is shown: "x" (1.23x) or "%" (45.6%)
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.op is None or self.target is None or self.ratio is None or not math.isfinite(self.ratio):
+            return None
+        return self.ratio >= self.target if self.op == ">=" else self.ratio <= self.target
+
+    def ratio_text(self) -> str:
+        if self.ratio is None:
+            return "-"
+        return f"{100 * self.ratio:.1f}%" if self.unit == "%" else f"{self.ratio:.3g}x"
+
+    def target_text(self) -> str:
+        if self.op is None or self.target is None:
+            return "(report)"
+        value = f"{100 * self.target:.0f}%" if self.unit == "%" else f"{self.target:g}x"
+        return f"{'≥' if self.op == '>=' else '≤'} {value}"
+
+    def status(self) -> str:
+        return {True: "met", False: "MISSED", None: "-"}[self.met]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "met": self.met}
+
+
+def result_from_dict(d: dict) -> Result:
+    return Result(**{k: v for k, v in d.items() if k != "met"})
+
+
+def print_table(results: list[Result], title: str) -> None:
+    """The results as a rich table: benchmark, figure, measured, ratio, target, met/missed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for name, justify in (("benchmark", "left"), ("figure", "left"), ("measured", "left"),
+                          ("ratio", "right"), ("target", "right"), ("status", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for r in results:
+        table.add_row(r.benchmark, r.figure, r.measured, r.ratio_text(), r.target_text(), r.status())
+    Console(width=max(Console().width, 160)).print(table)
+
+
+def markdown_table(results: list[Result]) -> str:
+    lines = ["| benchmark | figure | measured | ratio | target | status |", "|---|---|---|---:|---:|---|"]
+    for r in results:
+        cells = (r.benchmark, r.figure, r.measured, r.ratio_text(), r.target_text(), r.status())
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, return value) of one call."""
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` calls in seconds (the least disturbed by other load on the machine)."""
+    return min(timed(fn)[0] for _ in range(max(1, repeats)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line and Ray
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the script, not the machine")
+    p.add_argument("--json", help="also write the result rows to this JSON file (used by run_all.py)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="logical CPUs of the local Ray instance (default: os.cpu_count())")
+    p.add_argument("--work-dir", help="scratch directory (default: a new temp dir, removed at the end)")
+    return p
+
+
+def quiet_environment() -> None:
+    """Environment for a benchmark process: offline, Agg plots, Ray token auth from env (no ~/.ray file)."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None, *, object_store_gb: float | None = None,
+              env_vars: dict[str, str] | None = None) -> Iterator[bool]:
+    """A local Ray instance for the block unless one is already running (tests: ``ray_local``).
+
+    Yields True if this call started it (and shuts it down at the end). Ray's session files go to a
+    temp dir that is removed afterwards.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    tmp = tempfile.mkdtemp(prefix="e2i-bench-ray-")
+    kwargs: dict = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "_temp_dir": tmp,
+                    "configure_logging": False, "log_to_driver": False}
+    if object_store_gb:
+        kwargs["object_store_memory"] = int(object_store_gb * (1 << 30))
+    if env_vars:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
+    ray.init(**kwargs)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(path: str | None, prefix: str) -> Iterator[Path]:
+    """``path`` (kept) or a fresh temp dir (removed at the end)."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(results: list[Result], title: str, json_path: str | None) -> int:
+    """Print the table, write JSON if asked; exit code 0 (a missed target is a finding, not a failure)."""
+    print_table(results, title)
+    if json_path:
+        Path(json_path).write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    return 0
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def fmt_rate(x: float, unit: str) -> str:
+    return f"{x:,.0f} {unit}" if x >= 100 else f"{x:.3g} {unit}"

@@ -1,0 +1,350 @@
+"""e2i tune: the searcher's PRUNED/COMPLETE/FAIL bookkeeping and study repair on resume, a small
+search on a synthetic store (study, best config, report, TensorBoard, optuna-dashboard), a killed
+driver resumed with --resume, and Tune storage on a real S3-compatible server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from e2i.config import load_train_config
+from e2i.errors import E2IError
+from e2i.space import load_space
+from e2i.synthetic import make_synthetic_store
+from e2i.tune import (
+    FAIL_REASON,
+    FAIL_REASON_ORPHAN,
+    TRIAL_KEY,
+    E2IOptunaSearch,
+    RecordingASHA,
+    tune_space,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+METRIC = "best/val/mAP@10"
+
+
+def _space_file(tmp_path: Path, store: Path, *, name: str = "small", **sections) -> Path:
+    """A small two-head search; sections override scheduler/search/storage/base."""
+    doc = {
+        "base": {"data": {"store": str(store)}, "model": {"output_dim": 32, "hidden_dim": 64},
+                 "optim": {"batch_size": 64, "early_stopping_patience": 0, "warmup_epochs": 0.5}},
+        "space": {
+            "model.type": {"choice": ["siglip", "mlp"]},
+            "loss.type": {"choice": ["sigmoid_infonce", "softmax_infonce"]},
+            "optim.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+            "conditional": [{"when": {"model.type": "mlp"}, "model.num_layers": {"int": [1, 2]}}],
+        },
+        "scheduler": {"type": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2},
+        "search": {"sampler": "tpe", "seed": 0, "num_samples": 4, "max_concurrent_trials": 2,
+                   "n_startup_trials": 2, "resources_per_trial": {"cpu": 1, "gpu": 0}},
+        "storage": {"output_dir": str(tmp_path / "results")},
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc.get(key, {}), **value}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def syn_store(tmp_path_factory) -> Path:
+    return make_synthetic_store(tmp_path_factory.mktemp("syn") / "store", n_items=240, seed=0)
+
+
+def _searcher(url: str = "sqlite://", name: str = "s", num_samples: int | None = None) -> E2IOptunaSearch:
+    space = load_space(ROOT / "tune_spaces" / "default.yaml")
+    return E2IOptunaSearch(space=space.sample, metric=METRIC, mode="max", study_name=name,
+                           storage=optuna.storages.RDBStorage(url), num_samples=num_samples,
+                           sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _result(epoch: int, value: float, **extra) -> dict:
+    return {"epoch": epoch, "training_iteration": epoch, METRIC: value, **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# The searcher (real Optuna + Ray's OptunaSearch, no trials run)
+
+
+def test_asha_stopped_trials_are_pruned_with_their_curve():
+    search = _searcher()
+    configs = {tid: search.suggest(tid) for tid in ("a", "b", "c", "d")}
+    assert [c[TRIAL_KEY] for c in configs.values()] == [0, 1, 2, 3]
+    assert all("model.type" in c for c in configs.values())
+    for epoch, value in ((1, 0.2), (2, 0.3), (3, 0.35)):
+        search.on_trial_result("a", _result(epoch, value))
+    search.on_trial_complete("a", _result(3, 0.35, done=True))
+    search.on_trial_result("b", _result(1, 0.1))
+    search.stopped_early.add("b")  # what RecordingASHA does when it stops a trial at a rung
+    search.on_trial_complete("b", _result(2, 0.15, done=True))  # Tune never passed this result on
+    search.on_trial_result("c", _result(1, float("nan")))
+    search.on_trial_complete("c", _result(1, float("nan"), done=True))
+    search.on_trial_complete("d", error=True)
+    search.on_trial_complete("d", _result(1, 0.9))  # a second completion is ignored
+
+    a, b, c, d = search._ot_study.get_trials()
+    assert (a.state, a.value, a.intermediate_values) == (TrialState.COMPLETE, 0.35, {1: 0.2, 2: 0.3, 3: 0.35})
+    assert (b.state, b.intermediate_values, b.user_attrs["stopped_by"]) == (TrialState.PRUNED, {1: 0.1, 2: 0.15}, "asha")
+    assert b.value == 0.15  # Optuna records the last intermediate value; TPE ranks pruned below complete
+    assert c.state == TrialState.FAIL and "no finite" in c.user_attrs[FAIL_REASON]
+    assert d.state == TrialState.FAIL and d.user_attrs[FAIL_REASON] == "trial errored"
+    assert search._ot_study.best_trial.number == 0  # best_trial only looks at complete trials
+    assert all(t.user_attrs["tune_trial_id"] == tid for t, tid in zip((a, b, c, d), "abcd"))
+
+
+def test_recording_asha_marks_rung_stops_only():
+    from ray.tune.experiment import Trial
+
+    search = _searcher()
+    asha = RecordingASHA(searcher=search, time_attr="epoch", metric=METRIC, mode="max", max_t=4,
+                         grace_period=1, reduction_factor=2)
+    trials = [Trial("fn", trial_id=t, stub=True) for t in ("good", "bad", "last")]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, trials[0], _result(1, 0.5)) == "CONTINUE"
+    assert asha.on_trial_result(None, trials[1], _result(1, 0.1)) == "STOP"  # below the rung's cutoff
+    assert asha.on_trial_result(None, trials[2], _result(4, 0.2)) == "STOP"  # max_t: a normal end
+    assert search.stopped_early == {"bad"}
+    asha.replay({"x": {1: 0.9, 2: 0.8}})  # rungs refilled from the study on resume
+    assert dict(asha._brackets[0]._rungs[-1][1])["x"] == 0.9
+
+
+def test_budget_and_study_repair_on_restore(tmp_path):
+    """The study is ahead of the snapshot Tune restores: nothing counted twice, nothing RUNNING."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = _searcher(url, num_samples=5)
+    for tid in ("a", "b", "c"):
+        search.suggest(tid)
+    search.on_trial_complete("a", _result(3, 0.4))
+    search.save(str(tmp_path / "snapshot.pkl"))  # Tune's experiment snapshot
+    search.on_trial_complete("b", _result(3, 0.5))  # finished after the snapshot
+    orphan = search.suggest("d")  # asked after the snapshot: Tune will not know it
+    # -- the driver is killed here; a new driver restores the snapshot
+    restored = _searcher(url, num_samples=5)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    states = {t.number: t.state for t in restored._ot_study.get_trials()}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE, 2: TrialState.RUNNING,
+                      3: TrialState.FAIL, 4: TrialState.WAITING}  # orphan failed, its params re-queued
+    assert restored._ot_study.trials[3].user_attrs[FAIL_REASON] == FAIL_REASON_ORPHAN
+    assert restored.finished_elsewhere == {"b"}  # Tune resumes it; the stopper ends it, no second tell
+    restored.on_trial_complete("b", _result(3, 0.9))
+    assert restored._ot_study.trials[1].value == 0.5
+    assert restored.budget_used() == 3  # a, b, c (the orphan does not count)
+    again = restored.suggest("e")  # takes the re-queued point
+    assert {k: v for k, v in again.items() if k != TRIAL_KEY} == {k: v for k, v in orphan.items() if k != TRIAL_KEY}
+    restored.suggest("f")
+    assert restored.suggest("g") == "FINISHED"  # 5 counted trials: the budget is the study's
+
+
+# --------------------------------------------------------------------------------------------------
+# A small search in the session's Ray instance
+
+
+def _dashboard_get(url: str, path: str) -> dict:
+    """GET through optuna-dashboard's WSGI app (its storage loader reads our study)."""
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(url)
+    status = {}
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+           "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+    body = b"".join(app(env, lambda s, h, e=None: status.setdefault("s", s)))
+    assert status["s"].startswith("200"), status
+    return json.loads(body)
+
+
+@pytest.mark.slow
+def test_small_search_end_to_end(ray_local, syn_store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from e2i.train import run_training
+    from e2i.train_loop import load_data
+
+    path = _space_file(tmp_path, syn_store)
+    summary = tune_space(path)
+    exp = tmp_path / "results" / "small"
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 4 and sum(summary["trials"].values()) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1))  # one value per epoch
+        if t.state == TrialState.COMPLETE:
+            assert steps[-1] == 3 and t.value == pytest.approx(max(t.intermediate_values.values()))
+        else:
+            assert steps[-1] < 3 and t.user_attrs["stopped_by"] == "asha"
+
+    # best_config.yaml is a plain train config with the best trial's params, and retraining it
+    # (the loop `e2i train` runs) gives the best trial's value
+    best = study.best_trial
+    cfg = load_train_config(exp / "best_config.yaml")
+    assert cfg.model.type == best.params["model.type"] and cfg.optim.lr == pytest.approx(best.params["optim.lr"])
+    assert cfg.optim.epochs == 3 and summary["best_value"] == best.value
+    again = run_training(cfg, report=lambda metrics, ckpt: None, data=load_data(cfg))
+    assert again["best_metric"] == pytest.approx(best.value, abs=0.02)
+
+    for name in ("optimization_history", "param_importances", "parallel_coordinates", "asha_learning_curves"):
+        assert (exp / "report" / f"{name}.png").stat().st_size > 1000
+
+    # TensorBoard events for every trial, with the objective per epoch
+    trial_dirs = [d for d in (exp / "tune" / "small").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        events = list(d.glob("events.out.tfevents.*"))
+        assert events, f"no TensorBoard events in {d}"
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        epochs = json.loads((d / "result.json").read_text().splitlines()[-1])["epoch"]
+        assert len(acc.Scalars(f"ray/tune/{METRIC}")) == epochs
+
+    # optuna-dashboard's storage loader reads the study
+    studies = _dashboard_get(f"sqlite:///{exp / 'optuna.db'}", "/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["small"]
+    detail = _dashboard_get(f"sqlite:///{exp / 'optuna.db'}", f"/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 4
+
+    # a second run refuses to mix into the existing experiment
+    with pytest.raises(E2IError, match="--resume"):
+        tune_space(path)
+
+
+def test_resume_without_experiment_is_an_error(tmp_path, syn_store):
+    with pytest.raises(E2IError, match="nothing to resume"):
+        tune_space(_space_file(tmp_path, syn_store), resume=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drivers in their own process (own Ray instance): kill + resume, S3 storage
+
+DRIVER = """
+import os, sys
+import ray
+ray.init(num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[1], configure_logging=False)
+from e2i.cli import main
+sys.exit(main(["tune", *sys.argv[2:]]))
+"""
+
+
+def _driver(tmp_path: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir(exist_ok=True)
+    log = open(tmp_path / f"driver-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(ray_tmp), *args], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything in its session (its Ray instance), like a lost head node."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _wait(proc: subprocess.Popen, tmp_path: Path, timeout: float = 600) -> None:
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        _kill_group(proc)  # whatever Ray left in the session
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("driver-*.log")))
+    assert code == 0, logs
+
+
+def _states(url: str, name: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in optuna.load_study(study_name=name, storage=url).get_trials():
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_same_experiment_and_study(tmp_path):
+    store = make_synthetic_store(tmp_path / "store", n_items=600, seed=1)
+    path = _space_file(tmp_path, store, name="resumable", scheduler={"type": "fifo", "max_t": 4},
+                       search={"num_samples": 6, "n_startup_trials": 3},
+                       base={"data": {"store": str(store)}, "model": {"output_dim": 64, "hidden_dim": 256},
+                             "optim": {"batch_size": 32, "early_stopping_patience": 0}})
+    exp = tmp_path / "results" / "resumable"
+    url = f"sqlite:///{exp / 'optuna.db'}"
+    proc = _driver(tmp_path, [str(path), "--no-report"])
+    deadline = time.monotonic() + 400
+    finished: dict = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (exp / "optuna.db").exists():
+            try:
+                trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
+            except (KeyError, Exception):  # noqa: BLE001 - study not created yet / db locked
+                continue
+            finished = {t.number: t for t in trials if t.state.is_finished()}
+            if len(finished) >= 2:
+                break
+    assert proc.poll() is None, "the search ended before it could be killed: make the trials longer"
+    _kill_group(proc)
+    before = _states(url, "resumable")
+    assert 2 <= before.get("COMPLETE", 0) < 6
+
+    _wait(_driver(tmp_path, [str(path), "--resume"]), tmp_path)
+    study = optuna.load_study(study_name="resumable", storage=url)
+    after = {t.number: t for t in study.get_trials()}
+    states = _states(url, "resumable")
+    assert states.get("RUNNING", 0) == 0 and states.get("WAITING", 0) == 0
+    assert states["COMPLETE"] == 6  # the budget, none counted twice
+    for t in after.values():  # the only failures are orphans, whose points were re-run
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs[FAIL_REASON] == FAIL_REASON_ORPHAN
+    for number, t in finished.items():  # finished trials were kept, not re-run
+        assert after[number].state == t.state and after[number].value == t.value
+        assert after[number].datetime_complete == t.datetime_complete
+    tune_ids = [t.user_attrs["tune_trial_id"] for t in after.values() if t.state == TrialState.COMPLETE]
+    assert len(set(tune_ids)) == 6
+    assert (exp / "best_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_storage_path_on_s3_server(tmp_path, syn_store):
+    import pyarrow.fs as pafs
+    from s3_server import create_bucket, run_moto_server, s3_env
+
+    secret = "e2i-test-secret-" + os.urandom(6).hex()
+    path = _space_file(tmp_path, syn_store, name="ons3", search={"num_samples": 2, "max_concurrent_trials": 2},
+                       scheduler={"max_t": 2, "grace_period": 2})
+    with run_moto_server() as endpoint:
+        env = {**s3_env(endpoint), "AWS_SECRET_ACCESS_KEY": secret}
+        create_bucket(endpoint, "e2i-tune")
+        _wait(_driver(tmp_path, [str(path), "--storage-path", "s3://e2i-tune/experiments"], env), tmp_path)
+        fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http",
+                               access_key="testing", secret_key=secret, region="us-east-1")
+        files = [f for f in fs.get_file_info(pafs.FileSelector("e2i-tune/experiments/ons3", recursive=True))
+                 if f.type == pafs.FileType.File]
+        names = [f.path for f in files]
+        assert any(n.endswith("tuner.pkl") for n in names)
+        assert sum(n.endswith("/result.json") for n in names) == 2
+        assert any("/checkpoint_" in n for n in names) and any("events.out.tfevents" in n for n in names)
+        for f in files:  # no secret in anything written to storage
+            with fs.open_input_stream(f.path) as stream:
+                assert secret.encode() not in stream.read(), f.path
+    exp = tmp_path / "results" / "ons3"
+    info = json.loads((exp / "experiment.json").read_text())
+    assert info["tune_experiment"] == "s3://e2i-tune/experiments/ons3"
+    assert _states(f"sqlite:///{exp / 'optuna.db'}", "ons3") == {"COMPLETE": 2}
+    assert (exp / "best_config.yaml").is_file() and (exp / "report" / "asha_learning_curves.png").is_file()
+    for p in exp.rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), p
