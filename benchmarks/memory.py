@@ -19,8 +19,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psutil
-
 
 def _smaps_rollup(pid: int) -> tuple[int, int] | None:
     """(rss, pss) in bytes from /proc/<pid>/smaps_rollup; None if unreadable (gone, other kernel)."""
@@ -38,23 +36,39 @@ def _smaps_rollup(pid: int) -> tuple[int, int] | None:
     return rss, pss
 
 
+def _parent_of(pid: int) -> int | None:
+    """Parent pid from /proc/<pid>/stat (the field after the parenthesised command name)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[1])
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (Linux /proc; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            parent = _parent_of(int(name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def tree_memory(root: int | None = None) -> tuple[int, int, int]:
     """(rss sum, pss sum, number of processes) of ``root`` (default: this process) and its descendants."""
-    try:
-        proc = psutil.Process(root or os.getpid())
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0, 0, 0
     rss = pss = n = 0
-    for p in procs:
-        got = _smaps_rollup(p.pid)
-        if got is None:
-            try:
-                r = p.memory_info().rss
-            except psutil.Error:
-                continue
-            got = (r, r)
-        rss, pss, n = rss + got[0], pss + got[1], n + 1
+    for pid in descendants(root or os.getpid()):
+        got = _smaps_rollup(pid)
+        if got is not None:  # gone meanwhile
+            rss, pss, n = rss + got[0], pss + got[1], n + 1
     return rss, pss, n
 
 

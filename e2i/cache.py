@@ -657,6 +657,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`e2i cache`: exit 0, or 1 when the store is complete but the mirror reported failed uploads."""
     from e2i.images import image_options
     from e2i.mirror import hf_uri
 

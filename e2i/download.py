@@ -38,9 +38,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from e2i.errors import E2IError
 
@@ -148,8 +148,16 @@ def _split_of(name: str) -> str | None:
 def _progress(total: int | None, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        leave=False,
+    )
 
 
 def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None:
@@ -169,7 +177,10 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None
             offset = 0  # the server ignored the range: start again from zero
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with open(part, "ab" if offset else "wb") as out, _progress(total, offset, part.name[:-5], progress) as bar:
+        with (
+            open(part, "ab" if offset else "wb") as out,
+            _progress(total, offset, part.name[:-5], progress) as bar,
+        ):
             while block := response.read(CHUNK):
                 out.write(block)
                 bar.update(len(block))
@@ -177,8 +188,9 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None
             raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
-def download_file(url: str, dest: Path, md5: str | None, *, retries: int = 3, timeout: float = 60.0,
-                  progress: bool = True) -> str:
+def download_file(
+    url: str, dest: Path, md5: str | None, *, retries: int = 3, timeout: float = 60.0, progress: bool = True
+) -> str:
     """Fetch ``url`` to ``dest`` via ``dest.part`` (resumed), check ``md5``; returns what was done.
 
     Returns ``"present"`` (dest already there with the right md5) or ``"downloaded"``. Raises
@@ -203,7 +215,9 @@ def download_file(url: str, dest: Path, md5: str | None, *, retries: int = 3, ti
     if md5 is not None and got != md5:
         bad = dest.with_name(dest.name + ".bad")
         part.replace(bad)
-        raise ChecksumError(f"{dest.name}: md5 {got} != expected {md5}; moved to {bad} (delete it and re-run)")
+        raise ChecksumError(
+            f"{dest.name}: md5 {got} != expected {md5}; moved to {bad} (delete it and re-run)"
+        )
     part.replace(dest)
     return "downloaded"
 
@@ -223,8 +237,10 @@ def _extract_7z(archive: Path, dest: Path) -> int:
     except ImportError:
         tool = next((t for t in ("7z", "7za", "7zr") if shutil.which(t)), None)
         if tool is None:
-            raise E2IError(f"{archive.name}: extracting .7z needs the py7zr package or a 7z/7za binary "
-                           "(pip install py7zr, or apt-get install p7zip-full)") from None
+            raise E2IError(
+                f"{archive.name}: extracting .7z needs the py7zr package or a 7z/7za binary "
+                "(pip install py7zr, or apt-get install p7zip-full)"
+            ) from None
         subprocess.run([tool, "x", "-y", f"-o{dest}", str(archive)], check=True, stdout=subprocess.DEVNULL)
         return -1  # unknown
     with py7zr.SevenZipFile(archive, mode="r") as z:
@@ -272,7 +288,7 @@ def names_with_spaces(root: Path, dirs: Sequence[str]) -> list[Path]:
 
 
 def rename_spaces(root: Path, paths: Sequence[Path]) -> list[tuple[str, str]]:
-    """Rename ``a b.wav`` -> ``a_b.wav`` (never overwriting) and append the mapping to ``renamed_files.csv``."""
+    """Rename ``a b.wav`` -> ``a_b.wav`` (never overwriting); append the mapping to ``renamed_files.csv``."""
     done = []
     for path in paths:
         new = path.with_name(path.name.replace(" ", "_"))
@@ -321,7 +337,9 @@ def download_dataset(
     for i, f in enumerate(files, 1):
         dest = root / f.name
         print(f"[{i}/{len(files)}] {f.name}", flush=True)
-        status = download_file(f"{url}/{f.name}", dest, f.md5, retries=retries, timeout=timeout, progress=progress)
+        status = download_file(
+            f"{url}/{f.name}", dest, f.md5, retries=retries, timeout=timeout, progress=progress
+        )
         summary[status].append(f.name)
         if status == "downloaded":
             summary["bytes_downloaded"] += dest.stat().st_size
@@ -354,19 +372,38 @@ def _extract_once(root: Path, f: RemoteFile, delete_archive: bool) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(DATASETS), help="dataset to download (clotho = Clotho v2.1)")
+    parser.add_argument(
+        "dataset", choices=sorted(DATASETS), help="dataset to download (clotho = Clotho v2.1)"
+    )
     parser.add_argument("--root", required=True, help="directory to download and extract into")
-    parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
-                        help="only these splits (clotho: development validation evaluation); default all")
-    parser.add_argument("--base-url", default=None,
-                        help="download from this URL prefix instead of the dataset's (mirror or test server)")
-    parser.add_argument("--checksums", default=None, metavar="FILE",
-                        help="md5sum-format table replacing the built-in one ('<md5>  <file name>' per line)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        metavar="SPLIT",
+        help="only these splits (clotho: development validation evaluation); default all",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help="download from this URL prefix instead of the dataset's (mirror or test server)",
+    )
+    parser.add_argument(
+        "--checksums",
+        default=None,
+        metavar="FILE",
+        help="md5sum-format table replacing the built-in one ('<md5>  <file name>' per line)",
+    )
     parser.add_argument("--no-extract", action="store_true", help="download and check only, do not extract")
     parser.add_argument("--delete-archives", action="store_true", help="delete archives after extraction")
-    parser.add_argument("--rename-spaces", action="store_true",
-                        help="rename extracted files with spaces in their names (spaces -> underscores)")
-    parser.add_argument("--retries", type=int, default=3, help="retries per file on connection errors (resumed)")
+    parser.add_argument(
+        "--rename-spaces",
+        action="store_true",
+        help="rename extracted files with spaces in their names (spaces -> underscores)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries per file on connection errors (resumed)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -374,15 +411,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = DATASETS[args.dataset]
     if args.checksums:
-        spec = DatasetSpec(spec.name, spec.base_url, read_checksums(args.checksums, spec.files), args.checksums)
-    s = download_dataset(spec, args.root, splits=args.splits, base_url=args.base_url,
-                         extract=not args.no_extract, delete_archives=args.delete_archives,
-                         rename=args.rename_spaces, retries=args.retries, timeout=args.timeout,
-                         progress=not args.no_progress)
+        spec = DatasetSpec(
+            spec.name, spec.base_url, read_checksums(args.checksums, spec.files), args.checksums
+        )
+    s = download_dataset(
+        spec,
+        args.root,
+        splits=args.splits,
+        base_url=args.base_url,
+        extract=not args.no_extract,
+        delete_archives=args.delete_archives,
+        rename=args.rename_spaces,
+        retries=args.retries,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+    )
     spaces = len(s["spaces"])
-    names = (f"{spaces} file names with spaces renamed (renamed_files.csv)" if s["renamed"] else
-             f"{spaces} file names with spaces kept (e2i's reader handles them; --rename-spaces renames)")
-    print(f"{spec.name}: {len(s['downloaded'])} downloaded ({s['bytes_downloaded'] / 2**20:.1f} MiB), "
-          f"{len(s['present'])} already present, {len(s['extracted'])} archives extracted, {names} "
-          f"-> {Path(args.root).expanduser().resolve()}")
+    names = (
+        f"{spaces} file names with spaces renamed (renamed_files.csv)"
+        if s["renamed"]
+        else f"{spaces} file names with spaces kept (e2i's reader handles them; --rename-spaces renames)"
+    )
+    print(
+        f"{spec.name}: {len(s['downloaded'])} downloaded ({s['bytes_downloaded'] / 2**20:.1f} MiB), "
+        f"{len(s['present'])} already present, {len(s['extracted'])} archives extracted, {names} "
+        f"-> {Path(args.root).expanduser().resolve()}"
+    )
     return 0

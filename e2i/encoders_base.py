@@ -4,15 +4,17 @@ Batches are Ray Data numpy batches: ``dict[str, np.ndarray]``, one entry per col
 
 Life cycle (the cache pipeline, `e2i/cache.py`, drives it):
 
-1. ``enc = get_encoder(name, **options)`` on the driver: cheap, no weights; ``enc.options`` is the
-   JSON-able dict of every option with defaults filled in (goes into the store manifest).
+1. ``enc = get_encoder(name, **options)`` on the driver: no weights are loaded (hf encoders read the
+   model's small config file). ``enc.dim`` is known from here on, and ``enc.options`` is the JSON-able dict
+   of every option with defaults and "auto" values resolved (goes into the store manifest; nothing
+   changes it later, so re-runs record identical options).
 2. ``enc.preprocess(batch)`` in CPU tasks: stateless and picklable (runtime state such as loaded models is
    dropped when the encoder is pickled). Reads the input column (``path`` for audio/image, ``text`` for
    text), decodes / resamples / tokenises, and returns a *new* dict with every input column plus the
    encoder's own columns and ``error`` (str per row, ``""`` = ok). Bad rows never raise: they get a
    one-line reason in ``error`` and placeholder values in the encoder columns.
-3. ``enc.load(device)`` once per actor (``"cuda"`` or ``"cpu"``; never hard-coded). After it ``enc.dim``
-   is known and ``enc.options`` holds resolved values (e.g. ``pooling: "auto"`` -> ``"cls"``).
+3. ``enc.load(device)`` once per actor (``"cuda"`` or ``"cpu"``, chosen by the caller; nothing is
+   hard-coded to CUDA): loads weights; fp16/bf16 only on CUDA (``dtype="auto"``), float32 on CPU.
 4. ``enc.embed(batch) -> (B, D) float32``: one row per input row, in order. Rows whose ``error`` is not
    ``""`` are not computed and come back as all-NaN rows. A model can also produce NaN/inf on a valid
    row (e.g. fp16 overflow): those rows are returned as they are; the caller detects them with

@@ -208,7 +208,6 @@ class HFTextEncoder(Encoder):
         config = _config(o.model, o.revision, o.trust_remote_code)
         pad = getattr(config, "pad_token_id", None)
         self._rt["pad_id"] = pad if pad is not None else (self._tok().pad_token_id or 0)
-        self.options["dtype_resolved"] = str(dtype).removeprefix("torch.")
 
     def _embed(self, batch):
         import torch
@@ -343,7 +342,6 @@ class HFImageEncoder(Encoder):
                 trust_remote_code=o.trust_remote_code,
             )
         self._rt["model"], self._rt["dtype"] = model.to(device).eval(), dtype
-        self.options["dtype_resolved"] = str(dtype).removeprefix("torch.")
 
     def _embed(self, batch):
         import torch

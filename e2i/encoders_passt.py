@@ -135,7 +135,6 @@ class PasstEncoder(Encoder):
         model = PasstBasicWrapper(mel=mel, net=net, mode=OUTPUTS[self.opts.output]).to(device).eval()
         self._rt["model"] = model
         self._rt["dtype"] = resolve_dtype(self.opts.dtype, device)
-        self.options["dtype_resolved"] = str(self._rt["dtype"]).removeprefix("torch.")
 
     def _build_net(self, passt_mod):
         o = self.opts
@@ -230,5 +229,5 @@ def _load_state(net, path: str) -> None:
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items()}
         net.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - unpickling/safetensors/shape errors all mean a bad file
         raise CheckpointError(f"{path}: cannot load PaSST weights ({str(e).splitlines()[0]})") from None

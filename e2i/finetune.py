@@ -67,7 +67,11 @@ SAMPLE_RATE = 32000  # PaSST's input rate
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 TEXT_POOLING = ("cls", "mean")
 CKPT_LOSS, CKPT_MAP, CKPT_LAST = "best-val-loss", "best-val-map", "last"
-EXPORT_FILE, CONFIG_FILE, METRICS_FILE = "best_model.safetensors", "finetune_config.json", "evaluation_metrics.json"
+EXPORT_FILE, CONFIG_FILE, METRICS_FILE = (
+    "best_model.safetensors",
+    "finetune_config.json",
+    "evaluation_metrics.json",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +100,9 @@ class FinetuneConfig:
     max_text_tokens: int = 32  # captions are 8-20 words
     max_audio_seconds: float = 12.0  # crop/pad length; Clotho clips are 15-30 s
     batch_size: int = 6  # per worker (fits a 24 GB GPU with roberta-large in bf16)
-    accumulate_grad_batches: int = 6  # effective batch 36 per worker for the gradient (negatives stay 6 x workers)
+    accumulate_grad_batches: int = (
+        6  # effective batch 36 per worker for the gradient (negatives stay 6 x workers)
+    )
     epochs: int = 20
     warmup_epochs: float = 1.0  # linear warmup, then cosine decay to 0 (per optimizer step)
     max_lr: float = 3e-6  # peak AdamW lr: small, both encoders are pretrained
@@ -117,13 +123,29 @@ class FinetuneConfig:
     progress: bool = True  # Lightning progress bar
 
     def validate(self) -> None:
-        for name in ("projection_dim", "batch_size", "accumulate_grad_batches", "epochs", "max_lr",
-                     "max_audio_seconds", "max_text_tokens", "num_workers", "init_temperature",
-                     "limit_train_batches", "limit_val_batches"):
+        for name in (
+            "projection_dim",
+            "batch_size",
+            "accumulate_grad_batches",
+            "epochs",
+            "max_lr",
+            "max_audio_seconds",
+            "max_text_tokens",
+            "num_workers",
+            "init_temperature",
+            "limit_train_batches",
+            "limit_val_batches",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"must be > 0, got {getattr(self, name)!r}", name)
-        for name in ("hidden_dim", "warmup_epochs", "weight_decay", "grad_clip_norm", "cpus_per_worker",
-                     "loader_workers"):
+        for name in (
+            "hidden_dim",
+            "warmup_epochs",
+            "weight_decay",
+            "grad_clip_norm",
+            "cpus_per_worker",
+            "loader_workers",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"must be >= 0, got {getattr(self, name)!r}", name)
         if self.text_pooling not in TEXT_POOLING:
@@ -134,7 +156,8 @@ class FinetuneConfig:
             raise ValueError("must be > 0", "subset")
         for key, value in self.audio_options.items():
             if not isinstance(value, (bool, int, float, str)):
-                raise ValueError(f"{key}: expected a scalar, got {type(value).__name__}", "audio_options")
+                kind = type(value).__name__
+                raise ValueError(f"{key}: expected a scalar, got {kind}", "audio_options")  # noqa: TRY004
 
     @property
     def name(self) -> str:
@@ -198,7 +221,7 @@ def crop_or_pad(wave: np.ndarray, length: int, *, random: bool) -> np.ndarray:
     """(T,) -> (length,): a random (training) or the first (evaluation) window; zero-padded at the end."""
     if len(wave) > length:
         start = int(torch.randint(0, len(wave) - length + 1, ()).item()) if random else 0
-        return wave[start:start + length]
+        return wave[start : start + length]
     return np.pad(wave, (0, length - len(wave)))
 
 
@@ -210,9 +233,12 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, items: list, *, max_seconds: float, train: bool, pairs: bool) -> None:
-        self.items, self.length, self.train = items, int(round(max_seconds * SAMPLE_RATE)), train
-        self.index = ([(i, k) for i, it in enumerate(items) for k in range(len(it.captions))] if pairs
-                      else [(i, None) for i in range(len(items))])
+        self.items, self.length, self.train = items, round(max_seconds * SAMPLE_RATE), train
+        self.index = (
+            [(i, k) for i, it in enumerate(items) for k in range(len(it.captions))]
+            if pairs
+            else [(i, None) for i in range(len(items))]
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -238,8 +264,9 @@ class Collate:
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [c for s in samples for c in s["captions"]]
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         return {
             "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),  # (B, S)
             "input_ids": tokens["input_ids"],  # (M, L)
@@ -263,22 +290,42 @@ def read_split(root: str, split: str, subset: int | None = None) -> list:
             sf.info(it.path)
             good.append(it)
         except Exception as exc:  # noqa: BLE001 - any header problem skips the clip
-            log.warning("skipping %s: %s", it.path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning(
+                "skipping %s: %s", it.path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            )
     if corpus.rejected or len(good) < len(items):
-        log.warning("%s/%s: %d rejected rows, %d unreadable clips skipped", root, split, len(corpus.rejected),
-                    len(items) - len(good))
+        log.warning(
+            "%s/%s: %d rejected rows, %d unreadable clips skipped",
+            root,
+            split,
+            len(corpus.rejected),
+            len(items) - len(good),
+        )
     if not good:
         raise CorpusError(f"{root}: split {split!r} has no usable clips")
     return good
 
 
-def make_loader(items: list, cfg: FinetuneConfig, tokenizer, *, train: bool, batch_size: int | None = None,
-                shuffle: bool | None = None) -> torch.utils.data.DataLoader:
+def make_loader(
+    items: list,
+    cfg: FinetuneConfig,
+    tokenizer,
+    *,
+    train: bool,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+) -> torch.utils.data.DataLoader:
     dataset = ClipDataset(items, max_seconds=cfg.max_audio_seconds, train=train, pairs=train)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size or cfg.batch_size, shuffle=train if shuffle is None else shuffle,
-        num_workers=cfg.loader_workers, collate_fn=Collate(tokenizer, cfg.max_text_tokens), drop_last=False,
-        persistent_workers=cfg.loader_workers > 0, pin_memory=torch.cuda.is_available())
+        dataset,
+        batch_size=batch_size or cfg.batch_size,
+        shuffle=train if shuffle is None else shuffle,
+        num_workers=cfg.loader_workers,
+        collate_fn=Collate(tokenizer, cfg.max_text_tokens),
+        drop_last=False,
+        persistent_workers=cfg.loader_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,10 +374,21 @@ class AudioTower(nn.Module):
             _load_state(self.net, spec.opts.weights)
         passt_mod.first_RUN = False  # forward() prints shapes on its first call otherwise
         self.net.s_patchout_t, self.net.s_patchout_f = int(train["s_patchout_t"]), int(train["s_patchout_f"])
-        self.mel = AugmentMelSTFT(n_mels=128, sr=SAMPLE_RATE, win_length=800, hopsize=HOP, n_fft=1024,
-                                  freqm=int(train["freqm"]), timem=int(train["timem"]), fmin=0.0,
-                                  fmax=SAMPLE_RATE // 2 - 1000, fmin_aug_range=10, fmax_aug_range=2000)
-        for head in (self.net.head, self.net.head_dist):  # AudioSet classifier heads: unused (DDP needs grads)
+        self.mel = AugmentMelSTFT(
+            n_mels=128,
+            sr=SAMPLE_RATE,
+            win_length=800,
+            hopsize=HOP,
+            n_fft=1024,
+            freqm=int(train["freqm"]),
+            timem=int(train["timem"]),
+            fmin=0.0,
+            fmax=SAMPLE_RATE // 2 - 1000,
+            fmin_aug_range=10,
+            fmax_aug_range=2000,
+        )
+        # The AudioSet classifier heads are unused: freeze them (DDP wants a grad for every trainable param).
+        for head in (self.net.head, self.net.head_dist):
             if head is not None:
                 head.requires_grad_(False)
         self.window = int((spec.opts.segment_seconds or spec.opts.window_seconds) * SAMPLE_RATE)
@@ -338,12 +396,12 @@ class AudioTower(nn.Module):
 
     def windows(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, W, window) with W = ceil(S / window); the last window ends at S."""
-        B, S = wave.shape
+        S = wave.shape[1]
         if S <= self.window:
             return wave[:, None]  # PaSST crops its time position embedding to shorter inputs
         n = math.ceil(S / self.window)
         starts = torch.linspace(0, S - self.window, n).round().long().tolist()
-        return torch.stack([wave[:, s:s + self.window] for s in starts], dim=1)
+        return torch.stack([wave[:, s : s + self.window] for s in starts], dim=1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         w = self.windows(wave.float())  # (B, W, T)
@@ -395,10 +453,18 @@ class RetrievalModule(_lightning().LightningModule):
         self.audio = AudioTower(self.cfg.audio_arch, self.cfg.audio_options, load_pretrained=load_pretrained)
         self.text, self.tokenizer = load_text_model(self.cfg.text_model, load_pretrained=load_pretrained)
         layers = 1 if self.cfg.hidden_dim else 0
-        self.audio_proj = MLPHead(self.audio.dim, output_dim=self.cfg.projection_dim,
-                                  hidden_dim=self.cfg.hidden_dim, num_layers=layers)
-        self.text_proj = MLPHead(self.text.config.hidden_size, output_dim=self.cfg.projection_dim,
-                                 hidden_dim=self.cfg.hidden_dim, num_layers=layers)
+        self.audio_proj = MLPHead(
+            self.audio.dim,
+            output_dim=self.cfg.projection_dim,
+            hidden_dim=self.cfg.hidden_dim,
+            num_layers=layers,
+        )
+        self.text_proj = MLPHead(
+            self.text.config.hidden_size,
+            output_dim=self.cfg.projection_dim,
+            hidden_dim=self.cfg.hidden_dim,
+            num_layers=layers,
+        )
         # log inverse temperature: logits = exp(log_scale) * cos; init 1 / tau
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.cfg.init_temperature)))
         self.loss_fn: nn.Module | None = None
@@ -423,7 +489,9 @@ class RetrievalModule(_lightning().LightningModule):
         return nn.functional.normalize(self.text_proj(pooled), dim=-1)  # (M, D)
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_audio(batch["audio"]), self.encode_text(batch["input_ids"], batch["attention_mask"])
+        return self.encode_audio(batch["audio"]), self.encode_text(
+            batch["input_ids"], batch["attention_mask"]
+        )
 
     def batch_loss(self, batch: dict, item_z: torch.Tensor, cap_z: torch.Tensor) -> torch.Tensor:
         """Loss over caption rows: row m pairs caption m with its clip; equal item ids are positives."""
@@ -435,8 +503,9 @@ class RetrievalModule(_lightning().LightningModule):
         from e2i.config import LossConfig
         from e2i.losses import build_loss
 
-        return build_loss(LossConfig(type="softmax_infonce"), dim=self.cfg.projection_dim, rank=rank,
-                          world_size=world_size)
+        return build_loss(
+            LossConfig(type="softmax_infonce"), dim=self.cfg.projection_dim, rank=rank, world_size=world_size
+        )
 
     def load_weights(self, path: str | os.PathLike) -> None:
         from e2i.checkpoint import load_weights
@@ -444,8 +513,10 @@ class RetrievalModule(_lightning().LightningModule):
         state = load_weights(path)  # safetensors, or a .pt state_dict with weights_only=True
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not fit this model ({len(missing)} missing, "
-                                  f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
+            raise CheckpointError(
+                f"{path}: weights do not fit this model ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
+            )
 
     # -- Lightning hooks
     def setup(self, stage: str) -> None:
@@ -453,8 +524,15 @@ class RetrievalModule(_lightning().LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.batch_loss(batch, *self.embed_batch(batch))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["item"]))
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(batch["item"]),
+        )
         self.log("train/temperature", 1.0 / self.logit_scale().detach(), on_step=True, on_epoch=False)
         return loss
 
@@ -463,8 +541,14 @@ class RetrievalModule(_lightning().LightningModule):
         loss = self.batch_loss(batch, item_z, cap_z)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["item"]))
         items = batch["item"]
-        self._val.append((items.cpu().numpy(), item_z.float().cpu().numpy(),
-                          items[batch["cap_item"]].cpu().numpy(), cap_z.float().cpu().numpy()))
+        self._val.append(
+            (
+                items.cpu().numpy(),
+                item_z.float().cpu().numpy(),
+                items[batch["cap_item"]].cpu().numpy(),
+                cap_z.float().cpu().numpy(),
+            )
+        )
 
     def on_validation_epoch_end(self) -> None:
         parts, self._val = self._val, []
@@ -475,16 +559,22 @@ class RetrievalModule(_lightning().LightningModule):
         if not parts or self.trainer.sanity_checking:
             return
         metrics = split_metrics(parts, ci=False)
-        for key in ("text_to_item/mAP@10", "text_to_item/recall@1", "text_to_item/recall@5",
-                    "text_to_item/recall@10", "item_to_text/mAP@10", "item_to_text/recall@1"):
+        for key in (
+            "text_to_item/mAP@10",
+            "text_to_item/recall@1",
+            "text_to_item/recall@5",
+            "text_to_item/recall@10",
+            "item_to_text/mAP@10",
+            "item_to_text/recall@1",
+        ):
             name = "val/" + key.replace("text_to_item/", "")  # val/mAP@10 = text->audio (the DCASE metric)
-            self.log(name, float(metrics[key]), sync_dist=False, rank_zero_only=False)
+            self.log(name, float(metrics[key]))  # same value on every rank: no sync needed
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.cfg.max_lr, weight_decay=self.cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))  # optimizer steps of the whole run
-        warmup = int(round(self.cfg.warmup_epochs * total / self.cfg.epochs))
+        warmup = round(self.cfg.warmup_epochs * total / self.cfg.epochs)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
@@ -513,18 +603,26 @@ def split_metrics(parts: list[tuple[np.ndarray, ...]], *, ci: bool) -> dict:
 
 @torch.no_grad()
 def evaluate_module(module: RetrievalModule, items: list, cfg: FinetuneConfig, *, ci: bool = True) -> dict:
-    """Embed every clip (deterministic crop) and caption of ``items``; retrieval metrics as ``e2i evaluate``."""
+    """Embed every clip (deterministic crop) and caption of ``items``: the metrics of ``e2i evaluate``."""
     module.eval()
     loader = make_loader(items, cfg, module.tokenizer, train=False, shuffle=False)
-    use_bf16 = module.device.type == "cuda" and cfg.precision == "bf16-mixed" and torch.cuda.is_bf16_supported()
+    use_bf16 = (
+        module.device.type == "cuda" and cfg.precision == "bf16-mixed" and torch.cuda.is_bf16_supported()
+    )
     parts = []
     for batch in loader:
         batch = {k: v.to(module.device) for k, v in batch.items()}
         with torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             item_z, cap_z = module.embed_batch(batch)
         items_ = batch["item"]
-        parts.append((items_.cpu().numpy(), item_z.float().cpu().numpy(),
-                      items_[batch["cap_item"]].cpu().numpy(), cap_z.float().cpu().numpy()))
+        parts.append(
+            (
+                items_.cpu().numpy(),
+                item_z.float().cpu().numpy(),
+                items_[batch["cap_item"]].cpu().numpy(),
+                cap_z.float().cpu().numpy(),
+            )
+        )
     return split_metrics(parts, ci=ci)
 
 
@@ -556,10 +654,12 @@ def load_finetuned(run_dir: str | os.PathLike, device: str = "cpu") -> Retrieval
 
 
 def load_own_checkpoint(path: Path, run_dir: Path) -> dict:
-    """A Lightning checkpoint of this run (refuses paths outside ``run_dir``), loaded with weights_only=True."""
+    """A Lightning checkpoint of this run (none outside ``run_dir``), loaded with weights_only=True."""
     path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
     if run_dir not in path.parents:
-        raise CheckpointError(f"{path}: not inside the run directory {run_dir}; e2i only loads its own .ckpt files")
+        raise CheckpointError(
+            f"{path}: not inside the run directory {run_dir}; e2i only loads its own .ckpt files"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable or refused by weights_only
@@ -613,10 +713,26 @@ def _callbacks(cfg: FinetuneConfig, ckpt_dir: Path) -> list:
 
     # last.ckpt holds the full state (optimizer, scheduler, loops) for --resume; the best ones hold weights.
     last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, enable_version_counter=False)
-    by_loss = ModelCheckpoint(dirpath=ckpt_dir, filename=CKPT_LOSS, monitor="val/loss", mode="min", save_top_k=1,
-                              save_weights_only=True, auto_insert_metric_name=False, enable_version_counter=False)
-    by_map = ModelCheckpoint(dirpath=ckpt_dir, filename=CKPT_MAP, monitor="val/mAP@10", mode="max", save_top_k=1,
-                             save_weights_only=True, auto_insert_metric_name=False, enable_version_counter=False)
+    by_loss = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=CKPT_LOSS,
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    by_map = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=CKPT_MAP,
+        monitor="val/mAP@10",
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
     return [by_map, by_loss, last, LearningRateMonitor(logging_interval="step"), RayMetricsReport()]
 
 
@@ -629,8 +745,15 @@ def _loggers(cfg: FinetuneConfig, run_dir: Path) -> list:
 
         if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
             os.environ["WANDB_MODE"] = "offline"  # no key: log locally, `wandb sync` later
-        loggers.append(WandbLogger(project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.name,
-                                   save_dir=str(run_dir), config=cfg.to_dict()))
+        loggers.append(
+            WandbLogger(
+                project=cfg.wandb_project,
+                entity=cfg.wandb_entity,
+                name=cfg.name,
+                save_dir=str(run_dir),
+                config=cfg.to_dict(),
+            )
+        )
     return loggers
 
 
@@ -654,37 +777,55 @@ def train_worker(config: dict) -> None:
     data = ClothoDataModule(cfg, module.tokenizer)
     callbacks = _callbacks(cfg, ckpt_dir)
     trainer = Trainer(
-        max_epochs=cfg.epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices="auto",
-        strategy=RayDDPStrategy(find_unused_parameters=False), plugins=[RayLightningEnvironment()],
-        precision=precision, accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.grad_clip_norm or None, callbacks=callbacks, logger=_loggers(cfg, run_dir),
-        limit_train_batches=_limit(cfg.limit_train_batches), limit_val_batches=_limit(cfg.limit_val_batches),
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=cfg.progress, default_root_dir=str(run_dir),
+        max_epochs=cfg.epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(find_unused_parameters=False),
+        plugins=[RayLightningEnvironment()],
+        precision=precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.grad_clip_norm or None,
+        callbacks=callbacks,
+        logger=_loggers(cfg, run_dir),
+        limit_train_batches=_limit(cfg.limit_train_batches),
+        limit_val_batches=_limit(cfg.limit_val_batches),
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=cfg.progress,
+        default_root_dir=str(run_dir),
     )
     trainer = prepare_trainer(trainer)
     resume = None
     if cfg.resume:
         resume = str(ckpt_dir / f"{CKPT_LAST}.ckpt")
-        load_own_checkpoint(Path(resume), run_dir)  # refuses foreign paths / pickled code before Lightning loads it
+        load_own_checkpoint(
+            Path(resume), run_dir
+        )  # refuses foreign paths / pickled code before Lightning loads it
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    final = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+    progress = {"epoch": trainer.current_epoch, "step": trainer.global_step}
     if trainer.global_rank == 0:
         by_map, last = callbacks[0], callbacks[2]
-        final.update(_export_and_evaluate(module, cfg, run_dir, by_map.best_model_path or last.last_model_path))
-    ray.train.report(final)  # a barrier: every worker reports once more
+        _export_and_evaluate(module, cfg, run_dir, by_map.best_model_path or last.last_model_path, progress)
+    ray.train.report(progress)  # a barrier: every worker reports once more, after rank 0 has evaluated
 
 
-def _export_and_evaluate(module: RetrievalModule, cfg: FinetuneConfig, run_dir: Path, best: str) -> dict:
+def _export_and_evaluate(
+    module: RetrievalModule, cfg: FinetuneConfig, run_dir: Path, best: str, progress: dict
+) -> None:
     state = load_own_checkpoint(Path(best), run_dir)["state_dict"]
     module.load_state_dict(state)
     export_model(module, run_dir)
     items = read_split(cfg.data_root, cfg.test_split, cfg.subset)
     metrics = evaluate_module(module, items, cfg, ci=True)
-    report = {"split": cfg.test_split, "checkpoint": str(Path(best).relative_to(run_dir)),
-              "num_items": len(items), "num_captions": int(sum(len(it.captions) for it in items)),
-              "metrics": metrics}
+    report = {
+        "split": cfg.test_split,
+        "checkpoint": str(Path(best).relative_to(run_dir)),
+        "num_items": len(items),
+        "num_captions": int(sum(len(it.captions) for it in items)),
+        "trained": progress,
+        "metrics": metrics,
+    }  # trained: epochs and optimizer steps done in total
     (run_dir / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return {f"test/{k}": float(v) for k, v in metrics.items() if not k.endswith("/ci95")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -696,7 +837,9 @@ def _check_run_dir(cfg: FinetuneConfig) -> None:
     if cfg.resume and not last.is_file():
         raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in this run directory)")
     if not cfg.resume and last.exists():
-        raise ConfigError(f"{cfg.run_dir}: run exists; pass --resume to continue it or choose another --run-name")
+        raise ConfigError(
+            f"{cfg.run_dir}: run exists; pass --resume to continue it or choose another --run-name"
+        )
     if cfg.init_weights and not Path(cfg.init_weights).is_file():
         raise CheckpointError(f"{cfg.init_weights}: no such weights file")
 
@@ -719,14 +862,17 @@ def fit(cfg: FinetuneConfig) -> dict:
         ray.init()  # RAY_ADDRESS (e.g. inside `ray job submit`) or a local instance
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
-        train_worker, train_loop_config=cfg.to_dict(),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        train_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(name="ray", storage_path=str(cfg.run_dir)),
     )
-    result = trainer.fit()
-    report = json.loads((cfg.run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    report["final"] = result.metrics
-    return report
+    stale = cfg.run_dir / METRICS_FILE
+    stale.unlink(missing_ok=True)  # a resumed run rewrites it
+    trainer.fit()  # raises ray.train.TrainingFailedError (with the worker's traceback) on failure
+    return json.loads(stale.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -734,39 +880,59 @@ def fit(cfg: FinetuneConfig) -> dict:
 
 _FLAG_HELP = {
     "data_root": "Clotho root (clotho_captions_<split>.csv + audio dirs; `e2i download clotho` makes one)",
-    "train_split": "split to train on", "val_split": "split for model selection (val/loss, val/mAP@10)",
-    "test_split": "split evaluated after training", "subset": "use the first N clips of every split",
-    "output_dir": "runs go to OUTPUT_DIR/RUN_NAME/", "run_name": "run directory name (default: <arch>-<text model>)",
+    "train_split": "split to train on",
+    "val_split": "split for model selection (val/loss, val/mAP@10)",
+    "test_split": "split evaluated after training",
+    "subset": "use the first N clips of every split",
+    "output_dir": "runs go to OUTPUT_DIR/RUN_NAME/",
+    "run_name": "run directory name (default: <arch>-<text model>)",
     "audio_arch": "PaSST architecture (hear21passt get_model arch)",
     "text_model": "HF hub id or local dir of the text encoder (baseline: roberta-large)",
     "text_pooling": "caption embedding: cls = first token (baseline) | mean = mean over tokens",
     "init_weights": "start from these module weights (.safetensors; .pt read with weights_only=True)",
-    "projection_dim": "shared embedding size", "hidden_dim": "projection MLP width (0 = one Linear)",
-    "init_temperature": "initial softmax temperature (learnable)", "max_text_tokens": "caption token limit",
+    "projection_dim": "shared embedding size",
+    "hidden_dim": "projection MLP width (0 = one Linear)",
+    "init_temperature": "initial softmax temperature (learnable)",
+    "max_text_tokens": "caption token limit",
     "max_audio_seconds": "audio crop/pad length (random crop in training, first seconds in evaluation)",
-    "batch_size": "clip-caption pairs per worker and step", "accumulate_grad_batches": "gradient accumulation",
-    "epochs": "training epochs", "warmup_epochs": "linear warmup length, then cosine decay to 0",
-    "max_lr": "peak AdamW learning rate", "weight_decay": "AdamW weight decay",
+    "batch_size": "clip-caption pairs per worker and step",
+    "accumulate_grad_batches": "gradient accumulation",
+    "epochs": "training epochs",
+    "warmup_epochs": "linear warmup length, then cosine decay to 0",
+    "max_lr": "peak AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
     "grad_clip_norm": "gradient norm clip (0 = off)",
     "precision": "32-true | bf16-mixed | 16-mixed (falls back to what the device supports)",
-    "num_workers": "Ray Train workers (data parallel; one per GPU)", "use_gpu": "one GPU per worker",
-    "cpus_per_worker": "CPUs reserved per worker", "loader_workers": "DataLoader processes per worker",
+    "num_workers": "Ray Train workers (data parallel; one per GPU)",
+    "use_gpu": "one GPU per worker",
+    "cpus_per_worker": "CPUs reserved per worker",
+    "loader_workers": "DataLoader processes per worker",
     "limit_train_batches": "fraction (<= 1) or number (> 1) of train batches per epoch",
     "limit_val_batches": "fraction (<= 1) or number (> 1) of validation batches",
     "use_wandb": "log to Weights & Biases (WANDB_API_KEY from the environment; offline without it)",
-    "wandb_project": "W&B project", "wandb_entity": "W&B entity (team/user)", "seed": "random seed",
-    "resume": "continue OUTPUT_DIR/RUN_NAME/checkpoints/last.ckpt", "progress": "show the progress bar",
+    "wandb_project": "W&B project",
+    "wandb_entity": "W&B entity (team/user)",
+    "seed": "random seed",
+    "resume": "continue OUTPUT_DIR/RUN_NAME/checkpoints/last.ckpt",
+    "progress": "show the progress bar",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per FinetuneConfig field (dashes); defaults shown but applied in :func:`config_from_args`
     so that ``--config FILE`` values sit between the built-in defaults and explicit flags."""
-    parser.add_argument("--config", default=None, help="YAML with FinetuneConfig keys (e.g. configs/finetune.yaml)")
-    parser.add_argument("--audio-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="PaSST option, repeatable: pretrained=false, weights=FILE (.safetensors), embed_dim, "
-                             "depth, num_heads (tiny test models), segment_seconds, s_patchout_t (15), "
-                             "s_patchout_f (2), freqm (0), timem (0)")
+    parser.add_argument(
+        "--config", default=None, help="YAML with FinetuneConfig keys (e.g. configs/finetune.yaml)"
+    )
+    parser.add_argument(
+        "--audio-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="PaSST option, repeatable: pretrained=false, weights=FILE (.safetensors), embed_dim, "
+        "depth, num_heads (tiny test models), segment_seconds, s_patchout_t (15), "
+        "s_patchout_f (2), freqm (0), timem (0)",
+    )
     defaults = FinetuneConfig()
     for f in fields(FinetuneConfig):
         if f.name == "audio_options":
@@ -807,7 +973,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     report = fit(cfg)
     m = report["metrics"]
-    print(f"e2i finetune: {cfg.name}: {report['split']} ({report['num_items']} clips, {report['num_captions']} "
-          f"captions): text->audio mAP@10 {m['text_to_item/mAP@10']:.3f}, R@1 {m['text_to_item/recall@1']:.3f}, "
-          f"R@10 {m['text_to_item/recall@10']:.3f} -> {cfg.run_dir / METRICS_FILE}")
+    print(
+        f"e2i finetune: {cfg.name}: {report['split']} ({report['num_items']} clips, {report['num_captions']} "
+        f"captions): text->audio mAP@10 {m['text_to_item/mAP@10']:.3f}, "
+        f"R@1 {m['text_to_item/recall@1']:.3f}, "
+        f"R@10 {m['text_to_item/recall@10']:.3f} -> {cfg.run_dir / METRICS_FILE}"
+    )
     return 0

@@ -20,7 +20,7 @@ Conventions:
 - S3: pyarrow's S3 filesystem (:func:`e2i.store.open_fs`): endpoint from ``AWS_ENDPOINT_URL[_S3]``
   (S3-compatible stores such as MinIO, moto), keys from the AWS env variables. An object appears only
   when its upload completes, so no temporary names are needed there. Local targets use tmp + rename.
-- Hugging Face: ``huggingface_hub.HfApi`` (one commit per sync for the data files, then
+- Hugging Face: ``huggingface_hub.HfApi`` (``create_commit`` of up to 500 data files at a time, then
   ``upload_file`` for the manifest); the dataset repo is created (private) if missing. The token comes
   from the caller (``--hf-token``, default env ``HF_TOKEN``) and is never written or printed.
 """
@@ -130,7 +130,7 @@ class _Target:
     def put(self, local: Path, rel: str) -> None:
         raise NotImplementedError
 
-    batch_atomic = False  # True: put_many is all-or-nothing (one commit), retried as a whole
+    files_per_call = 1  # files per put_many call (a call is all-or-nothing and retried as a whole)
 
 
 class _ArrowTarget(_Target):
@@ -163,7 +163,7 @@ class _ArrowTarget(_Target):
 class _HFTarget(_Target):
     """A Hugging Face dataset repo: ``hf://datasets/<owner>/<repo>[/<prefix>]``."""
 
-    batch_atomic = True
+    files_per_call = 500  # one commit per 500 files: large commits are slow and fragile on the Hub
 
     def __init__(self, uri: str, token: str | None) -> None:
         from huggingface_hub import HfApi
@@ -211,7 +211,8 @@ def _open_target(uri: str, token: str | None) -> _Target:
 class Mirror:
     """Incremental uploader of one local split dir to ``remote_root(uri, split_dir)``.
 
-    ``attempts`` tries per file (per batch for hf://) with waits ``backoff * 2**k`` seconds between them.
+    ``attempts`` tries per file (per commit of up to 500 files for hf://) with waits ``backoff * 2**k``
+    seconds between them. What was uploaded is remembered per instance: a new run uploads its files again.
     """
 
     def __init__(self, uri: str, split_dir: str | os.PathLike, *, token: str | None = None,
@@ -246,10 +247,8 @@ class Mirror:
             return
         # Stamp before reading so a file rewritten during the upload counts as changed next time.
         stamps = {rel: self._stamp(rel) for rel in rels}
-        if self._target.batch_atomic:
-            groups = [rels]
-        else:
-            groups = [[rel] for rel in rels]
+        step = self._target.files_per_call
+        groups = [rels[i:i + step] for i in range(0, len(rels), step)]
         for k, group in enumerate(groups):
             err = self._retry(lambda g=group: self._target.put_many([(self.split_dir / r, r) for r in g]))
             if err is not None:  # target unreachable or refusing: do not hammer it file by file

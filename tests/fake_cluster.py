@@ -158,13 +158,15 @@ class RayHead:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def autoscaler_events(self) -> str:
-        """The autoscaler's decisions from its log: launches ("Adding 2 node(s) of type gpu_1x"),
-        terminations (idle nodes) and failures."""
+    def monitor_log(self) -> str:
         logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
-        text = logs[-1].read_text(errors="replace") if logs else ""
-        keys = ("Adding", "Removing", "Terminat", "terminat", "idle", "launch", "Launch", "Error", "rror:")
-        return "\n".join(line for line in text.splitlines() if any(k in line for k in keys))
+        return logs[-1].read_text(errors="replace") if logs else ""
+
+    def autoscaler_events(self) -> list[tuple[str, str, int]]:
+        """The autoscaler's decisions in order, from its log: ("add", "gpu_1x", 2) for "Adding 2 node(s)
+        of type gpu_1x", ("remove", "gpu_1x", 2) for "Removing 2 nodes of type gpu_1x (idle)"."""
+        return [("add" if verb == "Adding" else "remove", kind, int(n))
+                for verb, n, kind in _EVENT.findall(self.monitor_log())]
 
     def run(self, args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
         """A CLI command (e.g. `[RAY_BIN, "status", ...]`) with this head's environment."""
@@ -193,17 +195,21 @@ def _dashboard_up(url: str) -> bool:
         return False
 
 
+def _names(arg: str, marker: str) -> bool:
+    return arg == marker or arg.endswith("=" + marker) or marker + "/" in arg
+
+
 def _pids_naming(marker: str) -> list[int]:
-    """Processes whose command line contains `marker` (our unique temp dir)."""
+    """Processes with an argument naming `marker` (our unique temp dir) or a path under it."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if marker in cmdline:
+        if any(_names(arg, marker) for arg in args):
             pids.append(int(entry.name))
     return pids
 
@@ -242,7 +248,7 @@ def ray_head(
     autoscaler (`RAY_FAKE_CLUSTER=1`). Token auth comes from the environment (`RAY_AUTH_MODE=token`,
     `RAY_AUTH_TOKEN`; tests/conftest.py sets both), never from a token file.
     """
-    temp_dir = tempfile.mkdtemp(prefix="e2i-ray-", dir="/tmp")  # short: socket paths live under it
+    temp_dir = tempfile.mkdtemp(prefix="e2i-rayhead-", dir="/tmp")  # short: socket paths live under it
     port, dash_port = free_port(), free_port()
     head_env = {**os.environ, **(env or {})}
     head_env.pop("RAY_ADDRESS", None)
@@ -292,12 +298,16 @@ def ray_head(
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+_EVENT = re.compile(r":event_summary:(Adding|Removing) (\d+) nodes?(?:\(s\))? of type (\S+?)\.?\s")
 _STATUS_NODE = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")  # " 2 gpu_1x" under "Active:"
+_STATUS_PENDING = re.compile(r"^\s+\S+:\s+(\S+),\s+\S+")  # " <node id>: gpu_1x, uninitialized"
+_STATUS_LAUNCHING = re.compile(r"^\s+(\S+),\s+(\d+)\s+launching")  # " gpu_1x, 2 launching"
 
 
 def node_types(head: RayHead) -> dict[str, int] | None:
-    """Nodes the autoscaler counts as up (`ray status`: its Active and Idle sections) by node type
-    name, e.g. {"ray.head.default": 1, "gpu_1x": 2}; None while it has not reported yet."""
+    """Nodes the autoscaler knows (`ray status`) by node type name, e.g. {"ray.head.default": 1,
+    "gpu_1x": 2, "pending:gpu_4x": 1}: up (Active, Idle) or being launched ("pending:<type>");
+    None while it has not reported yet."""
     res = head.run([RAY_BIN, "status", "--address", head.address], timeout=60)
     if res.returncode != 0 or "Node status" not in res.stdout:
         return None
@@ -308,6 +318,9 @@ def node_types(head: RayHead) -> dict[str, int] | None:
             section = line.rstrip()[:-1]  # "Active", "Idle", "Pending", "Recent failures", ...
         elif section in ("Active", "Idle") and (m := _STATUS_NODE.match(line)):
             counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
+        elif section == "Pending" and (m := _STATUS_LAUNCHING.match(line) or _STATUS_PENDING.match(line)):
+            n = int(m.group(2)) if m.re is _STATUS_LAUNCHING else 1
+            counts[f"pending:{m.group(1)}"] = counts.get(f"pending:{m.group(1)}", 0) + n
     return counts
 
 

@@ -190,6 +190,26 @@ def test_cpu_pool_keeps_preprocessing_in_separate_tasks(ray_local):
     assert errors["empty"] == "empty text" and all(e == "" for c, e in errors.items() if c != "empty")
 
 
+def test_embed_batch_rejects_non_finite_rows():
+    """An encoder that overflows on one valid row (e.g. fp16): that row gets an error and a zero vector."""
+    from e2i.encoders_light import NgramHashEncoder
+
+    class Overflowing(NgramHashEncoder):
+        def _embed(self, batch):
+            out = super()._embed(batch)
+            out[[t == "overflow" for t in batch["text"]]] = np.inf
+            return out
+
+    enc = Overflowing(dim=16)
+    texts = np.array(["a dog barks", "overflow", "", "rain"], dtype=object)
+    batch = cache.preprocess_batch({"caption_id": np.arange(4).astype(str), "item_id": np.zeros(4).astype(str),
+                                    "text": texts}, enc)
+    out = cache.EmbedBatch(enc, cache.KEEP["captions"])(batch)
+    assert list(out["error"]) == ["", "non-finite embedding", "empty text", ""]
+    assert np.isfinite(out["embedding"]).all() and not out["embedding"][1:3].any()
+    assert out["embedding"].shape == (4, 16) and list(out["text"]) == list(texts)
+
+
 # ----------------------------------------------------------------------------------------- mirror
 def test_mirror_to_s3_during_and_after_the_run(light_run):
     summary, out, remote_problems, remote = light_run
@@ -393,6 +413,15 @@ def test_encoder_options_and_flags():
     args = parser.parse_args(["--metadata", "x", *LIGHT_FLAGS, "--audio-arch", "passt_s_swa_p16_128_ap476"])
     with pytest.raises(ConfigError, match="--audio-arch"):
         cache.encoder_options_from_args(args)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    from e2i import cli
+
+    assert cli.main(["cache", "--metadata", str(tmp_path), "--upload-every", "10"]) == 2
+    assert capsys.readouterr().err.strip() == "e2i: error: --upload-every needs --mirror or --hf-dataset"
+    assert cli.main(["cache", "--metadata", str(tmp_path), "--hf-dataset", "noslash"]) == 2
+    assert "--hf-dataset: expected 'owner/name'" in capsys.readouterr().err
 
 
 def test_corpus_kind_inference(toy_root, tmp_path):

@@ -22,7 +22,7 @@ from e2i.errors import E2IError
 class _Handler(http.server.BaseHTTPRequestHandler):
     """GET with optional ``Range: bytes=N-``; records requests; can cut the body short or ignore ranges."""
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
         path = srv.root / self.path.lstrip("/")
@@ -96,9 +96,10 @@ def _make_clotho_like(served: Path) -> tuple[dl.RemoteFile, ...]:
         + "dog bark.wav,a dog barks,a dog barks twice,barking,a dog,woof\n"
         + "rain.wav,rain falls,rain on a roof,heavy rain,rain,it rains\n"
     )
-    md5 = lambda p: hashlib.md5(p.read_bytes()).hexdigest()  # noqa: E731
-    return tuple(dl.RemoteFile(p.name, md5(p), dl._split_of(p.name))
-                 for p in sorted(served.iterdir()))
+    return tuple(
+        dl.RemoteFile(p.name, hashlib.md5(p.read_bytes()).hexdigest(), dl._split_of(p.name))
+        for p in sorted(served.iterdir())
+    )
 
 
 def test_download_extract_and_report_spaces(server, tmp_path):
@@ -151,8 +152,9 @@ def test_retry_resumes_within_one_call(server, tmp_path):
     blob = np.random.default_rng(1).bytes(200_000)
     (server.root / "f.bin").write_bytes(blob)
     server.cut_after = 50_000
-    dl.download_file(server.url + "f.bin", tmp_path / "f.bin", hashlib.md5(blob).hexdigest(), retries=2,
-                     progress=False)
+    dl.download_file(
+        server.url + "f.bin", tmp_path / "f.bin", hashlib.md5(blob).hexdigest(), retries=2, progress=False
+    )
     assert [r[1] for r in server.requests] == [None, "bytes=50000-"]
     assert (tmp_path / "f.bin").read_bytes() == blob
 
@@ -207,11 +209,15 @@ def test_clotho_table_and_checksums_file(tmp_path):
     assert len(names) == 9 and all(len(f.md5) == 32 for f in dl.CLOTHO_V21.files)
     assert {f.split for f in dl.CLOTHO_V21.files} == {"development", "validation", "evaluation"}
     table = tmp_path / "MD5SUMS"
-    table.write_text("# comment\nc8b05bc7acdb13895bb3c6a29608667e  clotho_audio_development.7z\n"
-                     "d41d8cd98f00b204e9800998ecf8427e *other_evaluation.csv\n")
+    table.write_text(
+        "# comment\nc8b05bc7acdb13895bb3c6a29608667e  clotho_audio_development.7z\n"
+        "d41d8cd98f00b204e9800998ecf8427e *other_evaluation.csv\n"
+    )
     files = dl.read_checksums(table, dl.CLOTHO_V21.files)
-    assert [(f.name, f.split) for f in files] == [("clotho_audio_development.7z", "development"),
-                                                   ("other_evaluation.csv", "evaluation")]
+    assert [(f.name, f.split) for f in files] == [
+        ("clotho_audio_development.7z", "development"),
+        ("other_evaluation.csv", "evaluation"),
+    ]
     table.write_text("not-a-checksum file\n")
     with pytest.raises(E2IError, match="MD5SUMS:1"):
         dl.read_checksums(table)
@@ -221,8 +227,19 @@ def test_cli_download(server, tmp_path, capsys):
     files = _make_clotho_like(server.root)
     table = tmp_path / "MD5SUMS"
     table.write_text("".join(f"{f.md5}  {f.name}\n" for f in files))
-    argv = ["download", "clotho", "--root", str(tmp_path / "d"), "--base-url", server.url,
-            "--checksums", str(table), "--splits", "development", "--no-progress"]
+    argv = [
+        "download",
+        "clotho",
+        "--root",
+        str(tmp_path / "d"),
+        "--base-url",
+        server.url,
+        "--checksums",
+        str(table),
+        "--splits",
+        "development",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "2 downloaded" in out and "1 archives extracted" in out and "1 file names with spaces kept" in out

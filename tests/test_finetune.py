@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pickle
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_PASST, tiny_roberta
 
 from e2i import finetune as ft
 from e2i.cli import main as cli_main
 from e2i.errors import CheckpointError, ConfigError
-from tiny_models import TINY_PASST, tiny_roberta
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"development": 12, "validation": 8, "evaluation": 8}
@@ -36,20 +37,63 @@ def text_dir(tmp_path_factory):
 
 
 def tiny_config(toy_root, text_dir, tmp_path, **over) -> ft.FinetuneConfig:
-    base = dict(data_root=toy_root, text_model=text_dir, audio_options=dict(TINY_PASST), max_audio_seconds=1.0,
-                batch_size=4, accumulate_grad_batches=1, projection_dim=16, hidden_dim=32, max_text_tokens=16,
-                loader_workers=0, max_lr=2e-3, epochs=2, output_dir=str(tmp_path / "runs"), run_name="tiny",
-                progress=False)
+    base = dict(
+        data_root=toy_root,
+        text_model=text_dir,
+        audio_options=dict(TINY_PASST),
+        max_audio_seconds=1.0,
+        batch_size=4,
+        accumulate_grad_batches=1,
+        projection_dim=16,
+        hidden_dim=32,
+        max_text_tokens=16,
+        loader_workers=0,
+        max_lr=2e-3,
+        epochs=2,
+        output_dir=str(tmp_path / "runs"),
+        run_name="tiny",
+        progress=False,
+    )
     base.update(over)
     return ft.finetune_config_from_dict(base)
 
 
 def cli_args(toy_root, text_dir, out, *extra) -> list[str]:
     opts = [a for k, v in TINY_PASST.items() for a in ("--audio-option", f"{k}={str(v).lower()}")]
-    return ["finetune", "--data-root", toy_root, "--text-model", text_dir, *opts, "--max-audio-seconds", "1",
-            "--batch-size", "4", "--accumulate-grad-batches", "1", "--projection-dim", "16", "--hidden-dim", "32",
-            "--max-text-tokens", "16", "--loader-workers", "0", "--max-lr", "2e-3", "--warmup-epochs", "0.5",
-            "--limit-train-batches", "3", "--output-dir", str(out), "--run-name", "tiny", "--no-progress", *extra]
+    return [
+        "finetune",
+        "--data-root",
+        toy_root,
+        "--text-model",
+        text_dir,
+        *opts,
+        "--max-audio-seconds",
+        "1",
+        "--batch-size",
+        "4",
+        "--accumulate-grad-batches",
+        "1",
+        "--projection-dim",
+        "16",
+        "--hidden-dim",
+        "32",
+        "--max-text-tokens",
+        "16",
+        "--loader-workers",
+        "0",
+        "--max-lr",
+        "2e-3",
+        "--warmup-epochs",
+        "0.5",
+        "--limit-train-batches",
+        "3",
+        "--output-dir",
+        str(out),
+        "--run-name",
+        "tiny",
+        "--no-progress",
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +103,7 @@ def cli_args(toy_root, text_dir, out, *extra) -> list[str]:
 def test_warmup_then_cosine():
     lrs = [ft.warmup_cosine(s, 4, 20) for s in range(21)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[20] == pytest.approx(0.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:])) and lrs[20] == pytest.approx(0.0)
     assert ft.warmup_cosine(12, 4, 20) == pytest.approx(0.5)  # half way through the decay
     assert ft.warmup_cosine(0, 0, 10) == 1.0
 
@@ -112,7 +156,9 @@ def test_tiny_model_learns_on_a_fixed_batch(toy_root, text_dir, tmp_path):
     cfg = tiny_config(toy_root, text_dir, tmp_path)
     torch.manual_seed(0)
     module = ft.RetrievalModule(cfg.to_dict()).eval()  # eval: no dropout / mel augmentation, deterministic
-    batch = next(iter(ft.make_loader(ft.read_split(toy_root, "development"), cfg, module.tokenizer, train=False)))
+    batch = next(
+        iter(ft.make_loader(ft.read_split(toy_root, "development"), cfg, module.tokenizer, train=False))
+    )
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=2e-3)
     losses = []
     for _ in range(30):
@@ -134,7 +180,9 @@ def test_export_and_reload_without_pickles(toy_root, text_dir, tmp_path):
     run_dir.mkdir()
     ft.export_model(module, run_dir)
     again = ft.load_finetuned(run_dir)
-    batch = next(iter(ft.make_loader(ft.read_split(toy_root, "evaluation"), cfg, again.tokenizer, train=False)))
+    batch = next(
+        iter(ft.make_loader(ft.read_split(toy_root, "evaluation"), cfg, again.tokenizer, train=False))
+    )
     with torch.no_grad():
         for a, b in zip(module.embed_batch(batch), again.embed_batch(batch)):
             torch.testing.assert_close(a, b)
@@ -150,15 +198,21 @@ def test_own_checkpoints_only_and_without_code(tmp_path):
     with pytest.raises(CheckpointError, match="not inside the run directory"):
         ft.load_own_checkpoint(outside, run_dir)
     evil = run_dir / "checkpoints" / "last.ckpt"
-    evil.write_bytes(pickle.dumps(ft.FinetuneConfig(), protocol=2))  # an arbitrary object: weights_only refuses it
+    evil.write_bytes(
+        pickle.dumps(ft.FinetuneConfig(), protocol=2)
+    )  # an arbitrary object: weights_only refuses it
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         ft.load_own_checkpoint(evil, run_dir)
 
 
 def test_config_file_flags_and_errors(tmp_path):
     cfg = ft.load_finetune_config(ROOT / "configs" / "finetune.yaml")
-    assert (cfg.batch_size, cfg.accumulate_grad_batches, cfg.max_audio_seconds, cfg.precision) == (6, 6, 12.0,
-                                                                                                    "bf16-mixed")
+    assert (cfg.batch_size, cfg.accumulate_grad_batches, cfg.max_audio_seconds, cfg.precision) == (
+        6,
+        6,
+        12.0,
+        "bf16-mixed",
+    )
     assert (cfg.epochs, cfg.warmup_epochs, cfg.max_lr, cfg.grad_clip_norm) == (20, 1.0, 3e-6, 1.0)
     assert cfg == ft.FinetuneConfig()  # the shipped YAML documents the built-in defaults
     bad = tmp_path / "bad.yaml"
@@ -171,10 +225,25 @@ def test_config_file_flags_and_errors(tmp_path):
     from e2i.cli import build_parser
 
     args = build_parser("finetune").parse_args(
-        ["finetune", "--config", str(ROOT / "configs" / "finetune.yaml"), "--batch-size", "2", "--no-use-gpu",
-         "--audio-option", "pretrained=false", "--audio-option", "depth=1"])
+        [
+            "finetune",
+            "--config",
+            str(ROOT / "configs" / "finetune.yaml"),
+            "--batch-size",
+            "2",
+            "--no-use-gpu",
+            "--audio-option",
+            "pretrained=false",
+            "--audio-option",
+            "depth=1",
+        ]
+    )
     cfg = ft.config_from_args(args)
-    assert cfg.batch_size == 2 and cfg.use_gpu is False and cfg.audio_options == {"pretrained": False, "depth": 1}
+    assert (
+        cfg.batch_size == 2
+        and cfg.use_gpu is False
+        and cfg.audio_options == {"pretrained": False, "depth": 1}
+    )
     assert cfg.accumulate_grad_batches == 6  # from the file
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
         ft.AudioTower("passt_s_swa_p16_128_ap476", {"colour": 1})
@@ -184,11 +253,32 @@ def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit):
         cli_main(["finetune", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--batch-size", "--accumulate-grad-batches", "--max-audio-seconds", "--precision", "--epochs",
-                 "--warmup-epochs", "--max-lr", "--grad-clip-norm", "--audio-arch", "--text-model",
-                 "--projection-dim", "--hidden-dim", "--num-workers", "--use-gpu", "--output-dir", "--use-wandb",
-                 "--wandb-project", "--wandb-entity", "--run-name", "--seed", "--data-root", "--resume",
-                 "--audio-option", "--limit-train-batches"):
+    for flag in (
+        "--batch-size",
+        "--accumulate-grad-batches",
+        "--max-audio-seconds",
+        "--precision",
+        "--epochs",
+        "--warmup-epochs",
+        "--max-lr",
+        "--grad-clip-norm",
+        "--audio-arch",
+        "--text-model",
+        "--projection-dim",
+        "--hidden-dim",
+        "--num-workers",
+        "--use-gpu",
+        "--output-dir",
+        "--use-wandb",
+        "--wandb-project",
+        "--wandb-entity",
+        "--run-name",
+        "--seed",
+        "--data-root",
+        "--resume",
+        "--audio-option",
+        "--limit-train-batches",
+    ):
         assert flag in out, flag
     assert "(default: 6)" in out and "(default: bf16-mixed)" in out and "(default: 3e-06)" in out
 
@@ -226,7 +316,10 @@ def test_two_worker_ddp_finetune_then_resume(ray_local, toy_root, text_dir, tmp_
     assert {"last.ckpt", "best-val-loss.ckpt", "best-val-map.ckpt"} <= ckpts
     report = json.loads((run_dir / "evaluation_metrics.json").read_text())
     assert report["split"] == "evaluation" and report["num_items"] == 8 and report["num_captions"] == 40
-    assert report["checkpoint"] == "checkpoints/best-val-map.ckpt"
+    assert report["checkpoint"] == "checkpoints/best-val-map.ckpt" and report["trained"] == {
+        "epoch": 2,
+        "step": 6,
+    }
     m = report["metrics"]
     assert 0 < m["text_to_item/mAP@10"] <= 1 and m["text_to_item/num_queries"] == 40
     assert len(m["text_to_item/mAP@10/ci95"]) == 2
@@ -236,7 +329,9 @@ def test_two_worker_ddp_finetune_then_resume(ray_local, toy_root, text_dir, tmp_
     module = ft.load_finetuned(run_dir)  # the exported best-mAP weights, reloaded without pickles
     assert module.cfg.num_workers == 2
     # 2) resume from last.ckpt for one more epoch, on one worker
-    cfg = tiny_config(toy_root, text_dir, tmp_path, epochs=3, resume=True, limit_train_batches=3, warmup_epochs=0.5)
+    cfg = tiny_config(
+        toy_root, text_dir, tmp_path, epochs=3, resume=True, limit_train_batches=3, warmup_epochs=0.5
+    )
     report = ft.fit(cfg)
-    assert report["final"]["epoch"] == 3 and report["final"]["step"] == 6 + 3  # continued, not restarted
+    assert report["trained"] == {"epoch": 3, "step": 6 + 3}  # continued from last.ckpt, not restarted
     assert len(_scalars(run_dir, "val/mAP@10")) == 3

@@ -141,3 +141,19 @@ def test_uri_spellings():
         Mirror("gs://bucket/x", "/tmp/a/b")
     with pytest.raises(ConfigError, match="hf://datasets"):
         Mirror("hf://models/me/x", "/tmp/a/b")
+
+
+def test_hf_mirror_offline_reports_failure_and_keeps_the_token_out(tmp_path, monkeypatch):
+    """No network here: the Hub target gets as far as the request, fails, and the failure is reported
+    (the upload code itself runs against the real Hub only)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    split = tmp_path / "cache" / "toy" / "dev"
+    write_split(split, n_shards=1)
+    before = digests(split)
+    mirror = Mirror(hf_uri("someone/e2i-test", "stores"), split, token="hf_secret_value", attempts=2,
+                    backoff=0.0)
+    assert mirror.uri == "hf://datasets/someone/e2i-test/stores/toy/dev"
+    report = mirror.sync(*split_files(split))
+    assert not report.ok and report.uploaded == [] and "manifest.json" not in report.failed
+    assert "hf_secret_value" not in json.dumps(report.to_dict()) + report.summary()
+    assert digests(split) == before

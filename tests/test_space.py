@@ -1,6 +1,7 @@
 """Search-space grammar: shipped spaces load, errors name the field path, conditional parameters
 appear only under their condition, and the define-by-run function drives a real Optuna study."""
 
+import functools
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,11 @@ SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
 SRC = "tune_spaces/x.yaml"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@functools.cache
+def _shipped(name: str):
+    return load_space(ROOT / "tune_spaces" / f"{name}.yaml")
 
 
 def _error(doc: dict) -> str:
@@ -45,7 +51,7 @@ def test_shipped_spaces_exist():
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_every_shipped_space_loads_and_samples_valid_configs(path):
-    space = load_space(path)
+    space = _shipped(path.stem)
     assert space.name == path.stem and space.params
     assert space.scheduler.max_t >= space.scheduler.grace_period
     for params in _sample(space, 30):
@@ -55,7 +61,7 @@ def test_every_shipped_space_loads_and_samples_valid_configs(path):
 
 
 def test_default_space_covers_all_heads_and_losses():
-    space = load_space(ROOT / "tune_spaces" / "default.yaml")
+    space = _shipped("default")
     by_key = {p.key: p for p in space.params}
     assert set(by_key["model.type"].choices) == set(HEAD_TYPES)
     assert set(by_key["loss.type"].choices) == set(LOSS_TYPES)
@@ -63,13 +69,13 @@ def test_default_space_covers_all_heads_and_losses():
 
 @pytest.mark.parametrize("head", ["siglip", "clip", "attention", "mlp"])
 def test_single_head_spaces_fix_their_head(head):
-    space = load_space(ROOT / "tune_spaces" / f"{head}.yaml")
+    space = _shipped(head)
     assert "model.type" not in {p.key for p in space.params}
     assert space.base["model"]["type"] == head
 
 
 def test_conditional_params_only_under_their_condition():
-    space = load_space(ROOT / "tune_spaces" / "default.yaml")
+    space = _shipped("default")
     draws = _sample(space, 300)
     for params in draws:
         attention = params["model.type"] == "attention"
@@ -84,7 +90,7 @@ def test_conditional_params_only_under_their_condition():
 
 
 def test_tpe_handles_the_conditional_space():
-    space = load_space(ROOT / "tune_spaces" / "default.yaml")
+    space = _shipped("default")
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True, group=True)
     for params in _sample(space, 25, sampler):
         space.trial_config(params)  # TPE's proposals are valid configs too

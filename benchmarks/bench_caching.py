@@ -1,0 +1,131 @@
+"""Benchmark 1, caching: the Ray Data pipeline vs a bare loop; peak memory as the corpus grows 10x.
+
+Corpus: the built-in toy corpus (``e2i.toy``, 1-4 s clips at 32 kHz, 5 captions per clip); encoders:
+the light built-ins ``logmel-stats`` (audio) and ``ngram-hash`` (text), batch size 32.
+
+- **pipeline**: ``e2i.cache.cache_corpus`` end to end (read the corpus -> Ray Data ``from_items`` ->
+  ``map_batches(preprocess)`` CPU tasks -> ``map_batches(EmbedBatch)`` actor pool -> shards + manifest),
+  rows/s = (items + captions) / its wall time, on the 10x corpus.
+- **bare loop**: one process, no Ray: the same rows in the same batches of 32, ``preprocess`` (decodes
+  the WAV) + ``embed``, items then captions; nothing written. Same machine, same moment.
+  Target: pipeline >= 0.9 x bare.
+
+Memory: peak over the run of the summed PSS (and RSS) of the whole process tree (driver, raylet,
+GCS, Ray Data workers and actors; see ``benchmarks/memory.py``) for the corpus of N and of 10 N clips;
+"flat" = the 10x corpus peaks at most 1.25x the small one (the corpus index grows, audio and
+embeddings stream through bounded blocks and shards). The small run goes first and warms Ray up.
+
+    python benchmarks/bench_caching.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import Result  # noqa: E402
+from memory import TreeMemorySampler  # noqa: E402
+
+BENCH = "caching"
+FULL = {"small": 200, "large": 2000}
+QUICK = {"small": 6, "large": 60}
+BATCH = 32
+ENCODERS = {"audio_encoder": "logmel-stats", "text_encoder": "ngram-hash"}
+TARGET_SPEED = 0.9  # pipeline rows/s >= 0.9 of the bare loop
+TARGET_MEMORY = 1.25  # peak memory at 10x the corpus <= 1.25x
+
+
+def bare_loop(corpus_dir: Path) -> dict[str, float]:
+    """Seconds of preprocess + embed of every item and caption in batches of BATCH, in this process."""
+    from e2i.encoders import get_encoder
+    from e2i.sources import read_corpus
+
+    data = read_corpus("clotho", corpus_dir, split="development")
+    audio, text = get_encoder(ENCODERS["audio_encoder"]), get_encoder(ENCODERS["text_encoder"])
+    audio.load("cpu")
+    text.load("cpu")
+    items = {"item_id": np.array([it.item_id for it in data.items], dtype=object),
+             "path": np.array([it.path for it in data.items], dtype=object)}
+    rows = data.caption_rows()
+    caps = {k: np.array([r[k] for r in rows], dtype=object) for k in ("caption_id", "item_id", "text")}
+    out = {}
+    for kind, enc, cols in (("items", audio, items), ("captions", text, caps)):
+        n = len(next(iter(cols.values())))
+        start = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            batch = enc.preprocess({k: v[lo:lo + BATCH] for k, v in cols.items()})
+            emb = enc.embed(batch)  # (B, D)
+            assert np.isfinite(emb).all(), f"{kind}: bad rows in the toy corpus"
+        out[kind] = time.perf_counter() - start
+        out[f"{kind}_rows"] = n
+    return out
+
+
+def pipeline(corpus_dir: Path, cache_dir: Path, dataset: str) -> tuple[dict, object]:
+    """(cache_corpus summary, memory sampler) of one pipeline run."""
+    from e2i.cache import cache_corpus
+
+    with TreeMemorySampler(interval=0.1) as mem:
+        summary = cache_corpus(corpus_dir, corpus="clotho", split="development", cache_dir=cache_dir,
+                               dataset=dataset, batch_size=BATCH, quiet=True, **ENCODERS)
+    return summary, mem
+
+
+def run(quick: bool = False, work: Path | None = None) -> list[Result]:
+    from e2i.toy import make_toy_corpus
+
+    size = QUICK if quick else FULL
+    with harness.work_dir(str(work) if work else None, "e2i-bench-cache-") as root:
+        corpora = {k: make_toy_corpus(root / f"toy_{k}", n_items=n, seed=0) for k, n in size.items()}
+        runs = {k: pipeline(corpora[k], root / "stores", f"toy_{k}") for k in ("small", "large")}
+        bare = bare_loop(corpora["large"])
+
+    summary, _ = runs["large"]
+    rows = summary["counts"]["items"] + summary["counts"]["captions"]
+    pipe_rate = rows / summary["seconds"]
+    bare_s = bare["items"] + bare["captions"]
+    bare_rate = (bare["items_rows"] + bare["captions_rows"]) / bare_s
+    phase = {k: (summary[k]["rows_per_s"] or float("nan"), bare[f"{k}_rows"] / bare[k]) for k in ("items", "captions")}
+    pool = summary["pool"]
+    peak = {k: runs[k][1].peak for k in runs}
+    n_small, n_large = size["small"], size["large"]
+    return [
+        Result(BENCH, f"cache_corpus (Ray Data, {pool['actors']} actor(s) x {pool['num_cpus']} CPU) vs bare "
+                      f"single-process loop, {n_large} clips + {n_large * 5} captions, logmel-stats + ngram-hash",
+               f"{harness.fmt_rate(pipe_rate, 'rows/s')} ({summary['seconds']:.1f} s) vs "
+               f"{harness.fmt_rate(bare_rate, 'rows/s')} ({bare_s:.1f} s)",
+               pipe_rate / bare_rate, ">=", TARGET_SPEED,
+               note="pipeline wall time includes reading the corpus, Ray Data start-up, shards and manifest"),
+        Result(BENCH, "  items phase only (audio: decode + log-mel stats)",
+               f"{harness.fmt_rate(phase['items'][0], 'rows/s')} vs {harness.fmt_rate(phase['items'][1], 'rows/s')}",
+               phase["items"][0] / phase["items"][1]),
+        Result(BENCH, "  captions phase only (text: n-gram hashing)",
+               f"{harness.fmt_rate(phase['captions'][0], 'rows/s')} vs "
+               f"{harness.fmt_rate(phase['captions'][1], 'rows/s')}",
+               phase["captions"][0] / phase["captions"][1]),
+        Result(BENCH, f"peak memory (PSS, driver + Ray processes), {n_large} vs {n_small} clips",
+               f"{harness.fmt_bytes(peak['large'].pss)} vs {harness.fmt_bytes(peak['small'].pss)} "
+               f"(RSS {harness.fmt_bytes(peak['large'].rss)} vs {harness.fmt_bytes(peak['small'].rss)}, "
+               f"{peak['large'].processes} processes)",
+               peak["large"].pss / peak["small"].pss, "<=", TARGET_MEMORY),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = harness.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    harness.quiet_environment()
+    cpus = args.num_cpus or os.cpu_count() or 1
+    with harness.local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)}):
+        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
+    return harness.finish(results, "Benchmark: caching", args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

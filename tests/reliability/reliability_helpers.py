@@ -1,0 +1,178 @@
+"""Helpers of the reliability suite: run the CLI and check its error contract, find and kill our own
+processes, small corpora with bad rows, and private tmpfs mounts (disk full / read-only filesystem).
+
+The CLI contract checked here (see e2i.cli): a user error prints exactly one line
+``e2i: error: <message naming the file/row/field>`` on stderr, no traceback, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from e2i.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+LIGHT_FLAGS = ["--audio-encoder", "logmel-stats", "--text-encoder", "ngram-hash", "--image-encoder", "image-stats"]
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``e2i <argv>`` in-process: (exit code, stdout, stderr). argparse errors exit through SystemExit."""
+    capsys.readouterr()  # drop earlier output
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_module(argv: list[str], *, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m e2i <argv>`` in a subprocess (what a user types), output captured as text."""
+    return subprocess.run([sys.executable, "-m", "e2i", *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def error_line(code: int, err: str, *needles: str) -> str:
+    """Check the one-line error contract and that the message names ``needles``; returns the message."""
+    assert code != 0, f"expected a failure, got exit code 0; stderr: {err[-2000:]}"
+    assert "Traceback" not in err, err[-4000:]
+    lines = [line for line in err.splitlines() if line.startswith("e2i: error: ")]
+    assert len(lines) == 1, f"expected one 'e2i: error:' line, got {len(lines)}: {err[-3000:]}"
+    message = lines[0]
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------------------- processes
+def _children_map() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every process, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4; the name (field 2) may hold spaces
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` (children, grandchildren, ...)."""
+    tree, out, todo = _children_map(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def own_processes_named(prefix: str) -> list[int]:
+    """Our own descendants whose command line (Ray's process title) starts with ``prefix``."""
+    return [p for p in descendants(os.getpid()) if cmdline(p).startswith(prefix)]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a subprocess started with start_new_session=True and everything in its session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------------------- corpora
+def write_wav(path: Path, *, seconds: float = 0.5, sr: int = 32000, hz: float = 440.0) -> Path:
+    """A mono 16-bit WAV tone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def append_clotho_rows(csv_path: Path, rows: list[list[str]]) -> None:
+    with open(csv_path, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------- mounts
+class PrivateMount:
+    """A tmpfs mounted at ``target`` in a private mount namespace held by a sleeping process.
+
+    Nothing is mounted in the test's own namespace: the mount is reached through
+    ``/proc/<pid>/root<target>`` (``self.path``) and disappears with the process (``close``), even if
+    the test run is killed. Needs root (or CAP_SYS_ADMIN) and util-linux ``unshare``/``nsenter``;
+    :func:`private_mount` skips the test otherwise.
+    """
+
+    def __init__(self, target: Path, options: str) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self.target = target
+        script = 'mount -t tmpfs -o "$1" e2i-test "$2" && echo ready && exec sleep 3600'
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                                      "sh", options, str(target)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            self.close()
+            raise OSError(f"cannot mount a private tmpfs: {err.strip() or line}")
+        self.path = Path(f"/proc/{self.proc.pid}/root{target}")
+
+    def remount(self, options: str) -> None:
+        """Change the mount's options (e.g. ``size=8m`` to free the 'disk')."""
+        subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "mount", "-o", f"remount,{options}",
+                        str(self.target)], check=True, capture_output=True)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def private_mount(target: Path, options: str) -> Iterator[PrivateMount]:
+    import pytest
+
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs util-linux unshare and nsenter")
+    try:
+        mount = PrivateMount(target, options)
+    except OSError as exc:
+        pytest.skip(f"{exc} (run the suite as root to cover disk-full / read-only filesystems)")
+    try:
+        yield mount
+    finally:
+        mount.close()
+
+
+def tree_files(root: Path) -> dict[str, int]:
+    """{relative path: size} of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
