@@ -11,7 +11,7 @@ the light built-ins ``logmel-stats`` (audio) and ``ngram-hash`` (text), batch si
   Target: pipeline >= 0.9 x bare.
 
 Memory: peak over the run of the summed PSS (and RSS) of the whole process tree (driver, raylet,
-GCS, Ray Data workers and actors; see ``benchmarks/memory.py``) for the corpus of N and of 10 N clips;
+GCS, Ray Data workers and actors; see ``benchmarks/procmem.py``) for the corpus of N and of 10 N clips;
 "flat" = the 10x corpus peaks at most 1.25x the small one (the corpus index grows, audio and
 embeddings stream through bounded blocks and shards). The small run goes first and warms Ray up.
 
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from harness import Result  # noqa: E402
-from memory import TreeMemorySampler  # noqa: E402
+from procmem import TreeMemorySampler  # noqa: E402
 
 BENCH = "caching"
 FULL = {"small": 200, "large": 2000}

@@ -28,7 +28,7 @@ import harness  # noqa: E402
 from bench_store_load import make_split  # noqa: E402
 from bench_tuning import write_space  # noqa: E402
 from harness import Result  # noqa: E402
-from memory import TreeMemorySampler  # noqa: E402
+from procmem import TreeMemorySampler  # noqa: E402
 
 BENCH = "concurrent trials"
 FULL = {"items": 100_000, "per_item": 4, "dim": 512, "val_items": 500}

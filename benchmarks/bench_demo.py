@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from harness import Result  # noqa: E402
-from memory import TreeMemorySampler  # noqa: E402
+from procmem import TreeMemorySampler  # noqa: E402
 
 BENCH = "end to end"
 FULL = {"n_items": 300, "tune_samples": 8, "extra": []}
@@ -37,7 +37,8 @@ def run_demo(out: Path, size: dict, echo: bool = True) -> dict:
     """Run the demo subprocess; returns wall, peak memory, exit code and [(step, seconds)]."""
     cmd = [sys.executable, "-m", "e2i", "demo", "--output-dir", str(out), "--n-items", str(size["n_items"]),
            "--tune-samples", str(size["tune_samples"]), *size["extra"]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # its own Ray instance even if this process (e.g. pytest) runs one: RAY_ADDRESS=local starts a new one
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
     steps: list[list] = []
     tail: list[str] = []
     start = time.perf_counter()

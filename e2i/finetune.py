@@ -9,7 +9,8 @@ Mirrors the DCASE 2024 Task 8 language-based audio retrieval baseline (Primus et
   spectrograms. PaSST's positional embeddings cover 10 s, so a clip of ``--max-audio-seconds`` is cut
   into 10 s windows (the last one aligned to the clip's end, so windows overlap instead of padding) whose
   embeddings (mean of the CLS and distillation tokens, 768-d) are averaged;
-* text: RoBERTa (``roberta-large``, as in the baseline) -> the first token's (``<s>``) last hidden state;
+* text: RoBERTa (``roberta-large``, as in the baseline) -> the first token's (``<s>``) last hidden state
+  (``--text-pooling mean`` averages the token states instead);
 * two projection heads (``Linear-ReLU-Linear``, ``--hidden-dim`` -> ``--projection-dim``) and a learnable
   temperature (init 0.05); embeddings are L2-normalised;
 * loss: multi-positive symmetric InfoNCE (``e2i.losses.LOSSES["softmax_infonce"]``): pairs whose audio
@@ -40,6 +41,11 @@ Lightning ``.ckpt`` files are pickles: e2i only loads them from its own run dire
 ``torch.load(weights_only=True)`` (plain tensors and containers, no code). Weights you bring yourself
 (``--init-weights``) must be safetensors (or a ``.pt`` state_dict, read with ``weights_only=True``).
 Precision: ``bf16-mixed`` on GPUs with bf16, ``16-mixed`` on older GPUs, ``32-true`` on CPU (logged).
+
+Ray: the driver (:func:`fit`) builds a ``TorchTrainer`` whose workers run :func:`train_worker`
+(``RayDDPStrategy`` + ``RayLightningEnvironment`` + ``prepare_trainer``; Ray Train V2, the default in
+Ray 2.60). Rank 0 writes checkpoints and results into the run directory, so on a multi-node cluster
+``--output-dir`` must be storage every node sees (NFS), as Ray's own ``storage_path`` must be.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ class FinetuneConfig:
     init_temperature: float = 0.05  # baseline's tau; learnable
     max_text_tokens: int = 32  # captions are 8-20 words
     max_audio_seconds: float = 12.0  # crop/pad length; Clotho clips are 15-30 s
-    batch_size: int = 6  # per worker (fits a 24 GB GPU with roberta-large in bf16)
+    batch_size: int = 6  # pairs per worker and step (the older train_finetune default)
     accumulate_grad_batches: int = (
         6  # effective batch 36 per worker for the gradient (negatives stay 6 x workers)
     )

@@ -451,7 +451,7 @@ def _trainable(space: TuneSpace, tune_path: str, fs):
     setup = TrialSetup(space=space, storage_path=tune_path, storage_fs=fs)
     res = space.search.resources_per_trial
     if space.base_config.scaling.num_workers > 1:  # the TorchTrainer's workers hold the resources
-        return ray.tune.with_resources(ray.tune.with_parameters(trial_main, setup=setup), {"cpu": 0})
+        return ray.tune.with_resources(ray.tune.with_parameters(trial_main, setup=setup), {"cpu": 0.01})
     train, val = load_data(space.base_config)
     print(f"e2i tune: train {train.num_items} items / {train.num_captions} captions, val {val.num_items} "
           f"items; shared by all trials through the object store", flush=True)

@@ -283,6 +283,17 @@ def test_help_lists_every_flag(capsys):
     assert "(default: 6)" in out and "(default: bf16-mixed)" in out and "(default: 3e-06)" in out
 
 
+def test_loggers_tensorboard_and_wandb(toy_root, text_dir, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    cfg = tiny_config(toy_root, text_dir, tmp_path, use_wandb=True, wandb_project="p", wandb_entity="team")
+    tb, wb = ft._loggers(cfg, tmp_path)
+    assert isinstance(tb, TensorBoardLogger) and Path(tb.log_dir) == tmp_path / "tensorboard"
+    assert isinstance(wb, WandbLogger)  # W&B's project is wb.name; the run is named after the run dir
+    init = wb._wandb_init
+    assert (init["project"], init["entity"], init["name"]) == ("p", "team", "tiny")
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(toy_root, text_dir, tmp_path, capsys):
     cfg = tiny_config(toy_root, text_dir, tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="nothing to resume"):
