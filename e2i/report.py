@@ -136,7 +136,8 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def leaderboard(rows: list[TrialRow], info: dict, base: dict | None = None) -> tuple[list[str], list[list[str]]]:
+def leaderboard(rows: list[TrialRow], info: dict,
+                base: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, table rows) with head, loss, the other params compactly, value, epochs, ASHA stop."""
     base = base or {}
     header = ["rank", "trial", "head", "loss", "params", info["metric"], "epochs", "stopped by ASHA", "state"]
@@ -152,13 +153,15 @@ def leaderboard(rows: list[TrialRow], info: dict, base: dict | None = None) -> t
     return header, table
 
 
-def print_leaderboard(header: list[str], table: list[list[str]], title: str, path: Path | None = None) -> None:
+def print_leaderboard(header: list[str], table: list[list[str]], title: str,
+                      path: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title)
     for name in header:
-        t.add_column(name, overflow="fold", justify="right" if name in ("rank", "trial", "epochs") else "left")
+        numeric = name in ("rank", "trial", "epochs")
+        t.add_column(name, overflow="fold", justify="right" if numeric else "left")
     for row in table:
         t.add_row(*row)
     console = Console(record=path is not None, width=max(120, Console().width))
@@ -183,9 +186,9 @@ def plot_history(rows: list[TrialRow], info: dict, path: Path) -> Path:
         if r.state == "COMPLETE" and (best is None or sign * r.value > sign * best):
             best = r.value
         best_line.append((r.number, best))
-    if best_line:
-        xs, ys = zip(*[(n, b) for n, b in best_line if b is not None]) if any(b is not None for _, b in best_line) \
-            else ([], [])
+    steps = [(n, b) for n, b in best_line if b is not None]
+    if steps:
+        xs, ys = zip(*steps)
         ax.step(xs, ys, where="post", color="tab:green", label="best complete so far")
     for state, color in STATE_COLORS.items():
         if any(r.state == state for r in rows):
@@ -231,7 +234,8 @@ def plot_importances(study, path: Path) -> Path:
         ax.set(xlabel="importance (Optuna's default evaluator, normalised)",
                title=f"parameter importances ({_count_complete(study)} complete trials)")
     else:
-        ax.text(0.5, 0.5, f"parameter importances unavailable:\n{reason}", ha="center", va="center", wrap=True)
+        ax.text(0.5, 0.5, f"parameter importances unavailable:\n{reason}", ha="center", va="center",
+                wrap=True)
         ax.set_axis_off()
     return _save(fig, path)
 
@@ -300,7 +304,8 @@ def plot_learning_curves(rows: list[TrialRow], info: dict, path: Path) -> Path:
         left.axvline(t, color="k", linestyle=":", linewidth=0.8)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         if any(r.state == state for r in rows):
-            left.plot([], [], color=STATE_COLORS[state], label=state.lower() + (" (stopped by ASHA)" if state == "PRUNED" else ""))
+            label = state.lower() + (" (stopped by ASHA)" if state == "PRUNED" else "")
+            left.plot([], [], color=STATE_COLORS[state], label=label)
     left.set(xlabel="epoch", ylabel=metric, title=f"learning curves (rungs at {rungs or 'none'})")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
@@ -333,7 +338,8 @@ def _save(fig, path: Path) -> Path:
 # Entry points
 
 
-def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None, quiet: bool = False) -> dict:
+def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None,
+                quiet: bool = False) -> dict:
     """Write ``<experiment_dir>/report/`` and print the leaderboard; returns paths and the rows."""
     exp = Path(experiment_dir)
     info, study = read_experiment(exp, storage)
@@ -359,7 +365,8 @@ def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", help="tune experiment dir: <output_dir>/<space> (holds experiment.json)")
+    parser.add_argument("experiment",
+                        help="tune experiment dir: <output_dir>/<space> (holds experiment.json)")
     parser.add_argument("--storage", help="Optuna storage URL, if not the one in experiment.json")
 
 

@@ -368,8 +368,9 @@ def _check_key(key: str, source: str, where: str) -> Any:
         raise _fail(source, where, f"cannot be searched ({FIXED_KEYS[key]})")
     section = key.split(".")[0]
     if key != "seed" and section not in SEARCHABLE_SECTIONS:
-        raise _fail(source, where, f"cannot be searched (searchable: seed, {', '.join(s + '.*' for s in SEARCHABLE_SECTIONS)};"
-                    " data is set in `data:`, resources in `search.resources_per_trial`)")
+        sections = ", ".join(f"{s}.*" for s in SEARCHABLE_SECTIONS)
+        raise _fail(source, where, f"cannot be searched (searchable: seed, {sections}; data is set in "
+                    "`data:`, resources in `search.resources_per_trial`)")
     try:
         return _scalar_type(_field_type(key))
     except KeyError as exc:
@@ -418,7 +419,8 @@ def _coerce_value(value: Any, tp: Any, source: str, where: str) -> Any:
         return float(_number(value, source, where))
     if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise _fail(source, where, f"expected {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
+    expected = getattr(tp, "__name__", tp)
+    raise _fail(source, where, f"expected {expected}, got {type(value).__name__} {value!r}")
 
 
 def _parse_range(key: str, tp: Any, kind: str, spec: dict, source: str, where: str) -> Param:
@@ -459,7 +461,8 @@ def _parse_range(key: str, tp: Any, kind: str, spec: dict, source: str, where: s
 def _parse_param(key: str, spec: Any, source: str, where: str) -> Param:
     tp = _check_key(key, source, where)
     if not isinstance(spec, dict):
-        raise _fail(source, where, f"expected a mapping like {{choice: [...]}} or {{loguniform: [lo, hi]}}, got {spec!r}")
+        raise _fail(source, where,
+                    f"expected a mapping like {{choice: [...]}} or {{loguniform: [lo, hi]}}, got {spec!r}")
     kinds = [k for k in spec if k in KINDS]
     extra = sorted(set(spec) - set(KINDS) - {"step", "q", "log"})
     if extra:
@@ -625,7 +628,8 @@ def check_sampled_configs(space: TuneSpace, *, seed: int = 0) -> int:
             except ConfigError as exc:
                 detail = str(exc).removeprefix("<sampled>: ")
                 assignment = ", ".join(f"{k}={v}" for k, v in mine.items())
-                raise _fail(space.source, "space", f"sampled config ({assignment}) is invalid: {detail}") from None
+                message = f"sampled config ({assignment}) is invalid: {detail}"
+                raise _fail(space.source, "space", message) from None
     return len(seen)
 
 

@@ -30,15 +30,21 @@ values are FAIL.
 
 **Resume.** ``--resume`` restores Tune's experiment (``Tuner.restore``) and the same Optuna study:
 trials Tune recorded as finished are kept and not re-run; unfinished trials continue from their
-last checkpoint under the same Optuna trial. The searcher's state is snapshotted with Tune's
-experiment state (every ~10 s), so the study can be ahead of the snapshot; on restore
-(:meth:`E2IOptunaSearch.restore`) the study is repaired so nothing is counted twice and nothing
-stays RUNNING: an Optuna trial still RUNNING that the snapshot never saw (asked after it) is marked
-FAIL (user attr ``e2i:fail_reason``) and its parameters are enqueued, so the next trial re-runs
-that same point; a trial the study already finished but the snapshot had as running is not told
-again, and a stopper ends its Tune copy at its first result. Errored trials stay errored (FAIL)
-and are not retried: Tune's restart would give them ids the searcher never proposed. The search
-continues until ``num_samples`` Tune trials exist (fixed at the first run).
+last checkpoint under the same Optuna trial. The searcher's state is saved with Tune's experiment
+snapshot (after every trial checkpoint, as ``num_to_keep=1`` forces, else every >= 10 s), so the
+study can be a little ahead of the snapshot; on restore (:meth:`E2IOptunaSearch.restore`) the study
+is repaired so that nothing is counted twice and nothing stays RUNNING:
+
+- an Optuna trial still RUNNING that the snapshot never saw (asked after it) is marked FAIL
+  (user attr ``e2i:fail_reason``) and its parameters are enqueued: the next trial re-runs that point;
+- a trial the study finished after the snapshot is not told again; Tune resumes its copy from the
+  last checkpoint and :class:`SkipFinishedStopper` ends it at its first result;
+- ASHA's rungs (Tune does not save scheduler state) are refilled from the intermediate values;
+- the budget: the searcher itself stops at ``num_samples`` trials counted in the study (except the
+  re-queued orphans), as Tune's own counter is restored from the snapshot and may lag behind.
+
+Errored trials stay errored (FAIL) and are not retried: Tune's restart would give them ids the
+searcher never proposed. ``num_samples`` is the one of the first run.
 
 Outputs (``<output_dir>/<space>/``): ``optuna.db``, ``experiment.json``, ``best_config.yaml`` (a
 plain train config: ``e2i train`` on it reproduces the best trial), ``report/`` (``e2i report``),
@@ -203,7 +209,8 @@ class RecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         fresh = not result.get("done")  # Tune re-sends the last result with done=True at the end
-        if decision == TrialScheduler.STOP and fresh and result.get(self._time_attr, self._max_t) < self._max_t:
+        before_max_t = result.get(self._time_attr, self._max_t) < self._max_t
+        if decision == TrialScheduler.STOP and fresh and before_max_t:
             self.searcher.stopped_early.add(trial.trial_id)
         return decision
 
@@ -339,8 +346,9 @@ def _run_torch_trainer(cfg, setup: TrialSetup, trial_dir: str) -> None:
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            # a stable place per trial: a restarted trial finds Ray Train's snapshot and resumes
-            name=f"{Path(trial_dir).name}-train", storage_path=setup.storage_path,
+            # a stable place per trial, inside the experiment: a restarted trial finds Ray Train's
+            # snapshot there and resumes from its latest checkpoint
+            name=f"{Path(trial_dir).name}-train", storage_path=f"{setup.storage_path}/{setup.space.name}",
             storage_filesystem=setup.storage_fs, callbacks=[_Forward()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
@@ -393,7 +401,8 @@ def _check_study_is_new(space: TuneSpace) -> None:
     names = {s.study_name for s in optuna.get_all_study_summaries(make_storage(space.optuna_url))}
     if space.study_name in names:
         raise E2IError(f"{space.source}: Optuna study {space.study_name!r} already exists in "
-                       f"{_masked(space.optuna_url)} (pass --resume to continue it or --overwrite to start over)")
+                       f"{_masked(space.optuna_url)} (pass --resume to continue it or --overwrite to start "
+                       "over)")
 
 
 def _masked(url: str) -> str:
@@ -434,8 +443,8 @@ def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
                                         # trial: saves the ~5-20 s start-up of a new actor per trial
                                         reuse_actors=True),
         run_config=ray.tune.RunConfig(
-            name=space.name, storage_path=tune_path, storage_filesystem=fs, stop=SkipFinishedStopper(searcher),
-            callbacks=callbacks, verbose=1,
+            name=space.name, storage_path=tune_path, storage_filesystem=fs,
+            stop=SkipFinishedStopper(searcher), callbacks=callbacks, verbose=1,
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),  # the latest: what resume needs
             failure_config=ray.tune.FailureConfig(max_failures=0),
         ),
@@ -473,7 +482,8 @@ def _write_experiment_json(space: TuneSpace, exp_path: str, fs) -> None:
     (space.experiment_dir / "experiment.json").write_text(json.dumps(info, indent=1))
 
 
-def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = False, report: bool = True) -> dict:
+def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = False,
+               report: bool = True) -> dict:
     """Run (or resume) the search of ``space``; returns a summary dict (also printed)."""
     import ray
     import ray.tune
@@ -592,9 +602,10 @@ def tune_space(path: str | os.PathLike, *, num_samples: int | None = None, outpu
         extra.update(dict(parse_override(o, f"{path} (--set)") for o in overrides))
     elif overrides:
         extra.update(overrides)
-    for key, value in {"search.num_samples": num_samples, "storage.output_dir": output_dir,
-                       "storage.storage_path": storage_path, "storage.optuna": storage,
-                       "scheduler.max_t": max_t, "search.max_concurrent_trials": max_concurrent_trials}.items():
+    flags = {"search.num_samples": num_samples, "storage.output_dir": output_dir,
+             "storage.storage_path": storage_path, "storage.optuna": storage, "scheduler.max_t": max_t,
+             "search.max_concurrent_trials": max_concurrent_trials}
+    for key, value in flags.items():
         if value is not None:
             extra[key] = value
     if max_t is not None and "scheduler.grace_period" not in extra:
@@ -618,9 +629,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-t", type=int, help="epochs of a full trial (scheduler.max_t)")
     parser.add_argument("--output-dir", help="root of <output_dir>/<space>/ (storage.output_dir)")
     parser.add_argument("--storage-path", help="Tune results/checkpoints: local dir or s3://bucket/prefix")
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output_dir>/<space>/optuna.db)")
+    parser.add_argument("--storage",
+                        help="Optuna storage URL (default sqlite:///<output_dir>/<space>/optuna.db)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the space file, e.g. --set base.data.store=stores/x (repeatable)")
+                        help="override a key of the space file, e.g. --set base.data.store=stores/x "
+                             "(repeatable)")
     parser.add_argument("--no-report", action="store_true", help="skip the leaderboard and plots at the end")
 
 
@@ -630,7 +643,8 @@ def run(args: argparse.Namespace) -> int:
                          max_t=args.max_t, max_concurrent_trials=args.max_concurrent_trials,
                          resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
     if not summary.get("best_config"):
-        raise ConfigError(f"{args.space}: no trial completed; see the Tune logs under {summary['experiment_dir']}")
+        raise ConfigError(f"{args.space}: no trial completed; see the Tune logs under "
+                          f"{summary['experiment_dir']}")
     return 0
 
 

@@ -100,4 +100,4 @@ def test_every_shipped_tune_space_loads(path):
     from e2i.space import load_space
 
     space = load_space(path)
-    assert space.num_samples > 0
+    assert space.search.num_samples > 0 and space.scheduler.max_t > 0

@@ -10,7 +10,6 @@ terminating its process group. Jobs are submitted with the real CLI exactly as t
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_cluster import RAY_BIN, RayHead, ray_head  # noqa: E402
+from fake_cluster import RAY_BIN, RayHead, dashboard_json, ray_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fake secrets in the head's environment (a job inherits it): none may end up in outputs or job logs.
@@ -50,9 +49,8 @@ def submit(head: RayHead, args: list[str], *, timeout: float = 900) -> tuple[str
 
 
 def job_status(head: RayHead, sid: str) -> str:
-    res = head.run([RAY_BIN, "job", "status", "--address", head.dashboard_url, sid], timeout=60)
-    m = re.search(r"status for '[^']+': (\w+)", res.stdout + res.stderr)
-    return m.group(1) if m else f"unknown:\n{res.stdout}\n{res.stderr}"
+    """The job's status from the job API (what `ray job status` prints), e.g. "SUCCEEDED"."""
+    return dashboard_json(head, f"/api/jobs/{sid}")["status"]
 
 
 def _listen_addresses(port: int) -> set[str]:

@@ -127,8 +127,8 @@ def test_distributions_quantisation_and_bounds():
      f"{SRC}: space.loss.type.choice[0]: 'hinge' is not one of sigmoid_infonce, softmax_infonce, queue_infonce"),
     ({"space": {"model.type": {"choice": ["attention"]}, "model.hidden_dim": {"choice": [64, 96]},
                 "model.num_heads": {"choice": [4, 5]}}},
-     f"{SRC}: space: sampled config (model.type=attention, model.hidden_dim=64, model.num_heads=5) is invalid: "
-     "model.num_heads: must divide hidden_dim (5 does not divide 64)"),
+     (f"{SRC}: space: sampled config (model.type=attention, model.hidden_dim=64, model.num_heads=5) is "
+      "invalid: model.num_heads: must divide hidden_dim (5 does not divide 64)")),
     ({"space": {"model.hidden_dim": {"uniform": [64, 128]}}},
      f"{SRC}: space.model.hidden_dim.uniform: model.hidden_dim is an int field: use int: [low, high]"),
     ({"space": {"optim.lr": {"loguniform": [0.0, 0.1]}}}, f"{SRC}: space.optim.lr.loguniform: log scale needs low > 0"),

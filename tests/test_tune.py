@@ -251,9 +251,10 @@ def ray_tmp():
 
 
 def _driver(tmp_path: Path, ray_tmp: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
-    log = open(tmp_path / f"driver-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen([sys.executable, "-c", DRIVER, ray_tmp, *args], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True)
+    with open(tmp_path / f"driver-{time.monotonic_ns()}.log", "w") as log:  # the child keeps its own fd
+        return subprocess.Popen([sys.executable, "-c", DRIVER, ray_tmp, *args], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT,
+                                start_new_session=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -289,7 +290,7 @@ def _run_until_finished(proc: subprocess.Popen, url: str, study_name: str, n: in
         time.sleep(0.5)
         try:
             trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
-        except Exception:  # noqa: BLE001 - db or study not created yet
+        except Exception:  # noqa: BLE001, S112 - db or study not created yet
             continue
         finished = {t.number: t for t in trials if t.state.is_finished()}
     return finished

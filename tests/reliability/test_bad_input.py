@@ -106,17 +106,17 @@ def test_bad_images_are_rejected_and_the_cache_run_goes_on(ray_local, tmp_path, 
     png = (images / "ok0.png").read_bytes()
     (images / "truncated.png").write_bytes(png[: len(png) // 2])
     (images / "empty.png").write_bytes(b"")
-    lines = [json.dumps({"image": f"ok{k}.png", "caption": f"a square of colour {k}"}) for k in range(4)] + [
-        json.dumps({"image": "corrupt.jpg", "caption": "a corrupt file"}),
-        json.dumps({"image": "truncated.png", "caption": "half a file"}),
-        json.dumps({"image": "empty.png", "caption": "a zero-length file"}),
-        json.dumps({"image": "missing.png", "caption": "no such file"}),
-        json.dumps({"image": "ok1.png", "caption": "the same file again"}),
-        json.dumps({"image": "ok4.png", "caption": "   "}),
-        '{"image": "ok4.png", "caption": ',
+    lines = [json.dumps({"image": f"imgs/ok{k}.png", "caption": f"a square of colour {k}"}) for k in range(4)] + [
+        json.dumps({"image": "imgs/corrupt.jpg", "caption": "a corrupt file"}),
+        json.dumps({"image": "imgs/truncated.png", "caption": "half a file"}),
+        json.dumps({"image": "imgs/empty.png", "caption": "a zero-length file"}),
+        json.dumps({"image": "imgs/missing.png", "caption": "no such file"}),
+        json.dumps({"image": "imgs/ok1.png", "caption": "the same file again"}),
+        json.dumps({"image": "imgs/ok4.png", "caption": "   "}),
+        '{"image": "imgs/ok4.png", "caption": ',
     ]
     meta = tmp_path / "metadata.jsonl"
-    meta.write_bytes(("\n".join(lines) + "\n").encode() + b'{"image": "ok4.png", "caption": "caf\xe9"}\n')
+    meta.write_bytes(("\n".join(lines) + "\n").encode() + b'{"image": "imgs/ok4.png", "caption": "caf\xe9"}\n')
     code, out, err = run_cli(["cache", "--metadata", str(meta), "--cache-dir", str(tmp_path / "stores"),
                               *LIGHT_FLAGS, "--batch-size", "4"], capsys)
     assert code == 0, err[-3000:]
@@ -124,15 +124,16 @@ def test_bad_images_are_rejected_and_the_cache_run_goes_on(ray_local, tmp_path, 
     rejected = pd.read_parquet(split / "rejected.parquet")
     by_source = dict(zip(rejected["source"], rejected["reason"]))
     by_id = dict(zip(rejected["id"], rejected["reason"]))
-    assert by_id["corrupt.jpg"].startswith("unreadable image") and by_id["truncated.png"].startswith("unreadable image")
-    assert by_id["empty.png"].startswith("image file is empty")
-    assert by_id["missing.png"].startswith("image file not found")
+    assert by_id["imgs/corrupt.jpg"].startswith("unreadable image")
+    assert by_id["imgs/truncated.png"].startswith("unreadable image")
+    assert by_id["imgs/empty.png"].startswith("image file is empty")
+    assert by_id["imgs/missing.png"].startswith("image file not found")
     assert by_source["metadata.jsonl:9"].startswith("duplicate id (first at metadata.jsonl:2)")
     assert by_source["metadata.jsonl:10"] == "empty caption"
     assert by_source["metadata.jsonl:11"].startswith("not valid JSON")
     assert by_source["metadata.jsonl:12"] == "not valid UTF-8 text"
     data = load_split(split)
-    assert sorted(data.item_ids) == [f"ok{k}.png" for k in range(4)] and data.num_captions == 4
+    assert sorted(data.item_ids) == [f"imgs/ok{k}.png" for k in range(4)] and data.num_captions == 4
     assert "rejected:" in out and "in rejected.parquet" in out
 
 
