@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     harness.quiet_environment()
     cpus = args.num_cpus or os.cpu_count() or 1
     with harness.local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)}):
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # keep the log readable
         results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
     return harness.finish(results, "Benchmark: caching", args.json)
 

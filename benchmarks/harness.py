@@ -46,7 +46,7 @@ class Result:
     ratio: float | None = None
     op: str | None = None  # ">=" | "<=" | None
     target: float | None = None
-    unit: str = "x"  # how the ratio is shown: "x" (1.23x) or "%" (45.6%)
+    unit: str = "x"  # how the ratio is shown: "x" (1.23x), "%" (45.6%) or "pt" (a difference: -0.8 pt)
     note: str = ""
 
     @property
@@ -58,13 +58,19 @@ class Result:
     def ratio_text(self) -> str:
         if self.ratio is None:
             return "-"
-        return f"{100 * self.ratio:.1f}%" if self.unit == "%" else f"{self.ratio:.3g}x"
+        return self._show(self.ratio, ratio=True)
+
+    def _show(self, value: float, ratio: bool = False) -> str:
+        if self.unit == "%":
+            return f"{100 * value:.1f}%" if ratio else f"{100 * value:.0f}%"
+        if self.unit == "pt":
+            return f"{100 * value:+.1f} pt"
+        return f"{value:.3g}x" if ratio else f"{value:g}x"
 
     def target_text(self) -> str:
         if self.op is None or self.target is None:
             return "(report)"
-        value = f"{100 * self.target:.0f}%" if self.unit == "%" else f"{self.target:g}x"
-        return f"{'≥' if self.op == '>=' else '≤'} {value}"
+        return f"{'≥' if self.op == '>=' else '≤'} {self._show(self.target)}"
 
     def status(self) -> str:
         return {True: "met", False: "MISSED", None: "-"}[self.met]

@@ -10,6 +10,7 @@ Unknown keys are errors (a typo must not be silently ignored). No ray import her
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -210,6 +211,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     """Build a (nested) frozen dataclass from a dict; errors are 'source: field.path: message'."""
     where = prefix.rstrip(".") or "(top level)"
@@ -217,7 +223,7 @@ def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -77,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         _step("5/6 tune heads x losses (Ray Tune: ASHA + Optuna)")
         summary["tune"] = tune_space(
             args.space, num_samples=args.tune_samples, output_dir=str(results),
-            overrides={"base.data.store": str(dataset_dir)}, max_t=args.tune_epochs,
+            overrides={"base.data.store": str(dataset_dir)}, max_t=args.tune_epochs, overwrite=True,
         )
 
     _step("6/6 evaluate on the test split")

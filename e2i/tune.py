@@ -239,7 +239,6 @@ class SkipFinishedStopper(Stopper):
 def make_sampler(space: TuneSpace):
     """TPE: multivariate + group (models conditional sub-spaces jointly), constant_liar (concurrent
     trials do not all pick the same point); or random."""
-
     search = space.search
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
@@ -250,7 +249,7 @@ def make_sampler(space: TuneSpace):
 
 
 def make_storage(url: str):
-
+    """An RDBStorage (what OptunaSearch wants); SQLite files get their directory and a lock timeout."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
@@ -304,7 +303,7 @@ def trial_main(config: dict, setup: TrialSetup, data=None) -> None:
     trial_dir = ray.tune.get_context().get_trial_dir()
     cfg = setup.config(config, trial_dir)
     if cfg.scaling.num_workers > 1:
-        return _run_torch_trainer(cfg, setup, ray.tune.get_context().get_trial_dir())
+        return _run_torch_trainer(cfg, setup, trial_dir)
     from e2i.checkpoint import read_progress
     from e2i.train import run_training
 
@@ -397,7 +396,6 @@ def _delete_previous(space: TuneSpace, exp_path: str, fs) -> None:
 
 
 def _check_study_is_new(space: TuneSpace) -> None:
-
     names = {s.study_name for s in optuna.get_all_study_summaries(make_storage(space.optuna_url))}
     if space.study_name in names:
         raise E2IError(f"{space.source}: Optuna study {space.study_name!r} already exists in "
@@ -418,15 +416,16 @@ def _masked(url: str) -> str:
 def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
     import ray.tune
 
-    searcher = E2IOptunaSearch(space=space.sample, metric=objective_key(space.metric), mode=space.mode,
-                      sampler=make_sampler(space), study_name=space.study_name,
-                      storage=make_storage(space.optuna_url), num_samples=space.search.num_samples)
+    objective = objective_key(space.metric)
+    searcher = E2IOptunaSearch(space=space.sample, metric=objective, mode=space.mode,
+                               sampler=make_sampler(space), study_name=space.study_name,
+                               storage=make_storage(space.optuna_url), num_samples=space.search.num_samples)
     sched = space.scheduler
     scheduler = None
     if sched.type == "asha":
-        scheduler = RecordingASHA(searcher=searcher, time_attr=STEP_ATTR, metric=objective_key(space.metric),
-                         mode=space.mode, max_t=sched.max_t, grace_period=sched.grace_period,
-                         reduction_factor=sched.reduction_factor)
+        scheduler = RecordingASHA(searcher=searcher, time_attr=STEP_ATTR, metric=objective, mode=space.mode,
+                                  max_t=sched.max_t, grace_period=sched.grace_period,
+                                  reduction_factor=sched.reduction_factor)
     callbacks = []
     if space.base_config.logging.use_wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback

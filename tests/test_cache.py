@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -275,16 +276,18 @@ def test_mixing_encoders_in_one_split_is_refused(light_run, toy_root):
 
 
 # ----------------------------------------------------------------------------------------- kill + resume
-def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "e2i", "cache", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """`python -m e2i cache ...` in its own session (process group), output to ``log``."""
+    with open(log, "wb") as f:
+        return subprocess.Popen([sys.executable, "-m", "e2i", "cache", *args], env=env, start_new_session=True,
+                                stdout=f, stderr=subprocess.STDOUT)
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 240) -> None:
     """SIGKILL the whole process group (driver + its local Ray) as soon as ``ready()``."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no shard appeared in time"
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -312,22 +315,21 @@ def test_sigkill_part_way_then_resume_gives_the_uninterrupted_result(light_run, 
             "--shard-size", "8", "--ray-address", "local", "--num-cpus", "2"]
     out = tmp_path / "toy" / "development"
     try:
-        # 1: killed as soon as the first items shard exists (captions not started, no manifest yet)
-        _kill_when(_start(args, env), lambda: any((out / "items").glob("part-*.parquet")))
+        # 1: SIGKILLed part-way through the items (two 8-row shards exist; captions not started, no manifest)
+        log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+        _kill_when(_start(args, env, log1), lambda: len(list((out / "items").glob("part-*.parquet"))) >= 2, log1)
         assert not (out / "manifest.json").exists() and not any((out / "captions").glob("*.parquet"))
-        n_items_1 = len(list((out / "items").glob("part-*.parquet")))
-        assert n_items_1 < 5  # 40 good items / 8 per shard: the kill really was part-way
-        # 2: resumed, then killed again as soon as a captions shard exists
-        _kill_when(_start(args, env), lambda: any((out / "captions").glob("part-*.parquet")))
-        assert not (out / "manifest.json").exists()
-        # 3: resumed to the end
-        proc = _start(args, env)
-        log = proc.communicate(timeout=300)[0].decode()
+        assert len(list((out / "items").glob("part-*.parquet"))) < 5  # 40 good items / 8: really part-way
+        # 2: the same command again finishes the rest
+        proc = _start(args, env, log2)
+        proc.wait(timeout=300)
+        log = log2.read_text()
         assert proc.returncode == 0, log[-3000:]
         _reap_group(proc.pid)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert "embedded now" in log  # the summary table
+    skipped = re.search(r"already stored\s*\S\s*(\d+)\s*\S\s*(\d+)", log)  # the summary table
+    assert skipped and 16 <= int(skipped.group(1)) < N_ITEMS and int(skipped.group(2)) == 0, log[-3000:]
     assert verify_store(out) == []
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     got, ref = load_split(out), load_split(ref_dir)
@@ -338,8 +340,9 @@ def test_sigkill_part_way_then_resume_gives_the_uninterrupted_result(light_run, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"items": N_ITEMS, "captions": 5 * N_ITEMS, "rejected": 13}
     assert manifest["cache"]["complete"] is True
-    # the first run's shards were kept, the resumed runs numbered theirs after them
+    # the killed run's shards were kept, the resumed run numbered its shards after them
     assert len(manifest["shards"]) == 5 + 25 + 1
+    assert sorted(p.name for p in (out / "items").glob("*.parquet")) == [f"part-{i:05d}.parquet" for i in range(5)]
     rej = pq.read_table(out / "rejected.parquet").to_pandas()
     assert len(rej) == 13 and not rej.duplicated(["source", "id"]).any()
 

@@ -176,7 +176,8 @@ def test_small_search_end_to_end(ray_local, syn_store, tmp_path):
     from e2i.train import run_training
     from e2i.train_loop import load_data
 
-    path = _space_file(tmp_path, syn_store)
+    # fractional GPUs: the session's Ray has 2 logical GPUs, torch has none (trials fall back to CPU)
+    path = _space_file(tmp_path, syn_store, search={"resources_per_trial": {"cpu": 1, "gpu": 0.5}})
     summary = tune_space(path)
     exp = tmp_path / "results" / "small"
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{exp / 'optuna.db'}")

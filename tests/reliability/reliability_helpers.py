@@ -1,5 +1,5 @@
 """Helpers of the reliability suite: run the CLI and check its error contract, find and kill our own
-processes, small corpora with bad rows, and private tmpfs mounts (disk full / read-only filesystem).
+processes, small corpora with bad rows, and small tmpfs mounts (disk full / read-only filesystem).
 
 The CLI contract checked here (see e2i.cli): a user error prints exactly one line
 ``e2i: error: <message naming the file/row/field>`` on stderr, no traceback, and a non-zero exit code.
@@ -123,48 +123,38 @@ def append_clotho_rows(csv_path: Path, rows: list[list[str]]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- mounts
-class PrivateMount:
-    """A tmpfs mounted at ``target`` in a private mount namespace held by a sleeping process.
+class TmpfsMount:
+    """A small tmpfs mounted at ``target`` (a 'disk' that fills up, or a read-only filesystem).
 
-    Nothing is mounted in the test's own namespace: the mount is reached through
-    ``/proc/<pid>/root<target>`` (``self.path``) and disappears with the process (``close``), even if
-    the test run is killed. Needs root (or CAP_SYS_ADMIN) and util-linux ``unshare``/``nsenter``;
-    :func:`private_mount` skips the test otherwise.
+    Root can write through ``chmod``, so a real mount is the only honest read-only/full directory.
+    Unmounted (lazily) on close; needs root or CAP_SYS_ADMIN, see :func:`tmpfs_mount`.
     """
 
     def __init__(self, target: Path, options: str) -> None:
         target.mkdir(parents=True, exist_ok=True)
-        self.target = target
-        script = 'mount -t tmpfs -o "$1" e2i-test "$2" && echo ready && exec sleep 3600'
-        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                                      "sh", options, str(target)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
-            self.close()
-            raise OSError(f"cannot mount a private tmpfs: {err.strip() or line}")
-        self.path = Path(f"/proc/{self.proc.pid}/root{target}")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "e2i-test", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise OSError(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        self.path = target
 
     def remount(self, options: str) -> None:
         """Change the mount's options (e.g. ``size=8m`` to free the 'disk')."""
-        subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "mount", "-o", f"remount,{options}",
-                        str(self.target)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
 
 
 @contextlib.contextmanager
-def private_mount(target: Path, options: str) -> Iterator[PrivateMount]:
+def tmpfs_mount(target: Path, options: str) -> Iterator[TmpfsMount]:
+    """A :class:`TmpfsMount` for the duration of the block; skips the test where mounting is not allowed."""
     import pytest
 
-    if not (shutil.which("unshare") and shutil.which("nsenter")):
-        pytest.skip("needs util-linux unshare and nsenter")
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a tmpfs (disk-full / read-only filesystem)")
     try:
-        mount = PrivateMount(target, options)
+        mount = TmpfsMount(target, options)
     except OSError as exc:
         pytest.skip(f"{exc} (run the suite as root to cover disk-full / read-only filesystems)")
     try:
