@@ -22,9 +22,12 @@ which the wheel does not ship), and `AutoscalingCluster` would also run `ray sto
 every Ray instance of this user on the machine.
 
 Each head gets its own short `--temp-dir` (unix socket paths must stay under ~107 chars), free
-ports, the dashboard/job API on 127.0.0.1 only, and runs in its own process group with `--block`; teardown terminates that
-group, then kills any process still naming the head's temp dir (fake worker raylets included). We
-never call `ray stop` (it would stop other Ray instances on the machine).
+ports, the dashboard/job API on 127.0.0.1 only, and runs in its own process group with `--block`;
+teardown terminates that group, then kills any process still naming the head's temp dir (fake worker
+raylets included). We never call `ray stop` (it would stop other Ray instances on the machine).
+`--node-ip-address 127.0.0.1` is not used: Ray 2.60 replaces a loopback address by the machine's
+address (`services.resolve_ip_for_localhost`), and the GCS, raylets and workers listen on all
+interfaces anyway; only the dashboard honours `--dashboard-host`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ FAKE_RESOURCES: dict[str, dict[str, float]] = {
 }
 FAKE_OBJECT_STORE_BYTES = 100 * 1024**2  # per fake node (Ray's minimum is 75 MiB)
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
+
+# monitor.log: ":event_summary:Adding 2 node(s) of type gpu_1x." / "...Removing 2 nodes of type gpu_1x (idle)."
+_EVENT = re.compile(r":event_summary:(Adding|Removing) (\d+) nodes?(?:\(s\))? of type (\S+?)\.?\s")
+_STATUS_NODE = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")  # " 2 gpu_1x" under "Active:"
+_STATUS_PENDING = re.compile(r"^\s+\S+:\s+(\S+),\s+\S+")  # " <node id>: gpu_1x, uninitialized"
+_STATUS_LAUNCHING = re.compile(r"^\s+(\S+),\s+(\d+)\s+launching")  # " gpu_1x, 2 launching"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -159,6 +168,7 @@ class RayHead:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def monitor_log(self) -> str:
+        """The autoscaler's log (monitor.log of the head's session)."""
         logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
         return logs[-1].read_text(errors="replace") if logs else ""
 
@@ -170,7 +180,8 @@ class RayHead:
 
     def run(self, args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
         """A CLI command (e.g. `[RAY_BIN, "status", ...]`) with this head's environment."""
-        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
+        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+                              **kwargs)
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 1.0) -> Any:
@@ -196,6 +207,7 @@ def _dashboard_up(url: str) -> bool:
 
 
 def _names(arg: str, marker: str) -> bool:
+    """`arg` is the path `marker`, `--flag=marker`, or a path under it (not a sibling with a longer name)."""
     return arg == marker or arg.endswith("=" + marker) or marker + "/" in arg
 
 
@@ -242,7 +254,7 @@ def ray_head(
     env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> Iterator[RayHead]:
-    """Start `ray start --head --block` on 127.0.0.1 with the dashboard (job API) on a free port.
+    """Start `ray start --head --block` with the dashboard (job API) on 127.0.0.1 and a free port.
 
     With `autoscaling_config` (see `fake_autoscaling_config`) the head runs the fake multi-node
     autoscaler (`RAY_FAKE_CLUSTER=1`). Token auth comes from the environment (`RAY_AUTH_MODE=token`,
@@ -253,8 +265,9 @@ def ray_head(
     head_env = {**os.environ, **(env or {})}
     head_env.pop("RAY_ADDRESS", None)
     head_env["RAY_USAGE_STATS_ENABLED"] = "0"
-    # Job entrypoints (`python jobs/demo.py`) resolve `python` on the head's PATH: put this venv first,
-    # as a cluster node does when Ray is started from the project's venv.
+    # Job entrypoints (`python jobs/demo.py`) run through a shell on the head and resolve `python` on
+    # the PATH Ray was started with (not Ray's own interpreter): put this venv first, as a cluster node
+    # must when it starts Ray from the project's venv.
     head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
     cmd = [
         RAY_BIN, "start", "--head", "--block", "--disable-usage-stats",
@@ -296,12 +309,6 @@ def ray_head(
     finally:
         _kill_group(proc, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-_EVENT = re.compile(r":event_summary:(Adding|Removing) (\d+) nodes?(?:\(s\))? of type (\S+?)\.?\s")
-_STATUS_NODE = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")  # " 2 gpu_1x" under "Active:"
-_STATUS_PENDING = re.compile(r"^\s+\S+:\s+(\S+),\s+\S+")  # " <node id>: gpu_1x, uninitialized"
-_STATUS_LAUNCHING = re.compile(r"^\s+(\S+),\s+(\d+)\s+launching")  # " gpu_1x, 2 launching"
 
 
 def node_types(head: RayHead) -> dict[str, int] | None:

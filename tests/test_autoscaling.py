@@ -30,9 +30,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_cluster import fake_autoscaling_config, node_types, ray_head, wait_for  # noqa: E402
+from fake_cluster import fake_autoscaling_config, node_types, ray_head, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "ray.head.default"
