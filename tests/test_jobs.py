@@ -107,14 +107,19 @@ def test_demo_pipeline_as_a_job(head, tmp_path):
     assert res.returncode == 0, logs[-6000:]
     assert job_status(head, sid) == "SUCCEEDED", logs[-6000:]
 
-    # The store and the results were written where the job was told to write them.
+    # The store (corpus split + item-level splits) and the results were written where the job was told.
     for split in ("development", "train", "val", "test"):
         manifest = json.loads((out / "stores" / "toy" / split / "manifest.json").read_text())
-        assert manifest["counts"], manifest
+        assert manifest["counts"]["items"] > 0, manifest
     assert list((out / "stores" / "toy" / "development" / "items").glob("*.parquet"))
     results = out / "results"
-    assert list(results.rglob("metrics.json")), sorted(p.name for p in results.rglob("*"))[:50]
-    assert list(results.rglob("*.png")), "no plots written"
+    listing = sorted(str(p.relative_to(results)) for p in results.rglob("*") if "tune" not in p.parts)
+    metrics = [json.loads(p.read_text()) for p in results.rglob("metrics.json")]
+    assert metrics and all(metrics), listing  # the trained head's metrics
+    assert list(results.rglob("optuna.db")) and list(results.rglob("leaderboard*")), listing  # tune + report
+    assert list(results.rglob("*.png")), listing  # plots
+    table = json.loads((out / "demo_summary.json").read_text())  # test-split retrieval per trained run
+    assert table and all(0.0 <= row["t2i_R@1"] <= 1.0 for row in table), table
 
     # No secret from the head's environment in any output file or in the job's logs.
     job_logs = head.run([RAY_BIN, "job", "logs", "--address", head.dashboard_url, sid], timeout=60).stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,9 +45,15 @@ def run_module(argv: list[str], *, env: dict | None = None, timeout: float = 300
                           env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
+# "--- Logging error ---" reports of Python's logging module: a library's log handler still bound to the
+# stderr capture of an earlier test (pytest closes it); not output of the command under test.
+_LOGGING_ERROR = re.compile(r"--- Logging error ---\n.*?\nArguments: [^\n]*\n", re.DOTALL)
+
+
 def error_line(code: int, err: str, *needles: str) -> str:
     """Check the one-line error contract and that the message names ``needles``; returns the message."""
     assert code != 0, f"expected a failure, got exit code 0; stderr: {err[-2000:]}"
+    err = _LOGGING_ERROR.sub("", err)
     assert "Traceback" not in err, err[-4000:]
     lines = [line for line in err.splitlines() if line.startswith("e2i: error: ")]
     assert len(lines) == 1, f"expected one 'e2i: error:' line, got {len(lines)}: {err[-3000:]}"
