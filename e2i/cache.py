@@ -60,7 +60,7 @@ MAX_BLOCKS = 2000  # cap on input blocks: ~batch_size rows per block, without mi
 
 # ----------------------------------------------------------------------------------------- resources
 def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = None,
-                   num_batches: int | None = None) -> dict[str, Any]:
+                   num_batches: int | None = None, use_gpu: bool = False) -> dict[str, Any]:
     """``map_batches`` kwargs for the embedding actor pool, from ``ray.cluster_resources()``.
 
     GPUs: one actor per GPU (``num_actors`` caps it; more actors than GPUs could never be scheduled),
@@ -70,16 +70,20 @@ def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = Non
     hold both CPUs and the read/preprocess tasks never run), and Ray Data fuses a task stage into the
     next actor stage when their resource requests are equal, which would move decoding into the actors
     (no overlap of decode and embed). ``num_batches`` (the work of a phase) caps the pool: an actor that
-    would get no batch is not started.
+    would get no batch is not started. ``use_gpu`` asks for ``num_actors`` (default 1) x 1 GPU even
+    when no GPU is up yet, so an autoscaling cluster scaled to zero adds GPU nodes for the pool.
     """
     cpus, gpus = float(cluster.get("CPU", 1.0)), int(cluster.get("GPU", 0))
     if num_actors is not None and num_actors < 1:
         raise ConfigError(f"--num-actors: must be >= 1, got {num_actors}")
     import ray.data
 
-    if gpus >= 1:
-        n = min(num_actors or gpus, gpus)
+    if use_gpu and gpus < 1:  # nothing up yet: request GPUs and let the autoscaler provide them
+        n = num_actors or 1
         kwargs: dict[str, Any] = {"num_gpus": 1}
+    elif gpus >= 1:
+        n = min(num_actors or gpus, gpus)
+        kwargs = {"num_gpus": 1}
         if cpus < 2 * n:
             kwargs["num_cpus"] = cpus / (2 * n)
     else:
@@ -307,11 +311,12 @@ class CacheRun:
 
     def __init__(self, writer: Any, encoders: dict[str, Any], *, batch_size: int, shard_size: int,
                  num_actors: int | None, extra: dict, mirror: Any = None, upload_every: int | None = None,
-                 mirror_embeddings: bool = True) -> None:
+                 mirror_embeddings: bool = True, use_gpu: bool = False) -> None:
         import ray
 
         self.writer, self.encoders, self.extra = writer, encoders, extra
         self.batch_size, self.shard_size, self.num_actors = batch_size, shard_size, num_actors
+        self.use_gpu = use_gpu
         self.cluster = ray.cluster_resources()
         self.stats = {k: PhaseStats(k) for k in ("items", "captions")}
         self.rejected: list[dict] = []  # pipeline rejects not yet in rejected.parquet
@@ -325,7 +330,7 @@ class CacheRun:
         if not rows:
             return
         t0 = time.perf_counter()
-        res = pool_resources(self.cluster, num_actors=self.num_actors,
+        res = pool_resources(self.cluster, num_actors=self.num_actors, use_gpu=self.use_gpu,
                              num_batches=math.ceil(len(rows) / self.batch_size))
         stats.pool = _resources_summary(res)
         buffer = ShardBuffer(self.writer, kind, self.shard_size, meta, encoder.manifest_entry())
@@ -394,7 +399,7 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  with_images: bool = False, image_options: Mapping[str, Any] | None = None,
                  mirror: str | None = None, upload_every: int | None = None, include_embeddings: bool = False,
                  hf_token: str | None = None, mirror_attempts: int = 4, mirror_backoff: float = 1.0,
-                 quiet: bool = False) -> dict:
+                 quiet: bool = False, use_gpu: bool = False) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
     ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
@@ -425,7 +430,7 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions, "batch_size": batch_size}
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=shard_size, num_actors=num_actors,
                    extra=extra, mirror=mirror_obj, upload_every=upload_every,
-                   mirror_embeddings=not with_images or include_embeddings)
+                   mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu)
     run.phase("items", _item_rows(data, writer, run.stats["items"]), MetaColumns(data.items))
     run.phase("captions", _caption_rows(data, writer, run.stats["captions"], run.rejected))
     manifest = run.finalize(complete=True)
@@ -529,7 +534,7 @@ def _summary(out: Path, dataset: str, data: Any, kind: str, run: CacheRun, manif
         "rows_per_s": round(embedded / embed_s, 2) if embed_s else None,
         "seconds": round(time.perf_counter() - t_start, 3),
         "cluster": {"CPU": run.cluster.get("CPU", 0), "GPU": run.cluster.get("GPU", 0)},
-        "pool": _resources_summary(pool_resources(run.cluster, num_actors=run.num_actors)),
+        "pool": _resources_summary(pool_resources(run.cluster, num_actors=run.num_actors, use_gpu=run.use_gpu)),
         "images": images,
         "mirror": run.mirror_report.to_dict() if run.mirror_report is not None else None,
     }
@@ -641,6 +646,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="extra encoder option, repeatable (e.g. text.max_length=64, audio.pretrained=false)")
     a("--curate-captions", action="store_true", help="fix common caption typos/spacing before embedding")
     a("--num-actors", type=int, help="embedding actors (default: one per GPU, else half the CPUs)")
+    a("--use-gpu", action="store_true",
+      help="always request 1 GPU per actor, even before GPU nodes are up (autoscaling clusters)")
     a("--shard-size", type=int, default=10_000, help="rows per store shard, the unit of resume (default: 10000)")
     a("--with-images", action="store_true",
       help="also write pseudo-images of the embeddings under <split>/pseudo_images/ (e2i.images)")
@@ -672,7 +679,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, audio_encoder=args.audio_encoder, text_encoder=args.text_encoder,
         image_encoder=args.image_encoder, encoder_options=encoder_options_from_args(args),
         curate_captions=args.curate_captions, num_actors=args.num_actors, shard_size=args.shard_size,
-        with_images=args.with_images, image_options=image_options(args), mirror=mirror,
+        use_gpu=args.use_gpu, with_images=args.with_images, image_options=image_options(args), mirror=mirror,
         upload_every=args.upload_every,
         include_embeddings=args.include_embeddings, hf_token=args.hf_token or os.environ.get("HF_TOKEN"))
     return 1 if summary["mirror"] and summary["mirror"]["failed"] else 0

@@ -871,7 +871,9 @@ def fit(cfg: FinetuneConfig) -> dict:
         train_worker,
         train_loop_config=cfg.to_dict(),
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
+            # GPU runs: all workers on one multi-GPU node (NVLink/PCIe all-reduce), e.g. cluster.yaml's gpu_4x
+            placement_strategy="STRICT_PACK" if cfg.use_gpu else "PACK",
         ),
         run_config=RunConfig(name="ray", storage_path=str(cfg.run_dir)),
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -67,8 +68,10 @@ def format_epoch(metrics: dict, epochs: int) -> str:
 class EpochLogger:
     """Console line + TensorBoard scalars + W&B log per epoch (a no-op object on ranks > 0)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike, *, enabled: bool) -> None:
-        self.cfg, self.enabled, self.tb, self.wandb = cfg, enabled, None, None
+    def __init__(
+        self, cfg: TrainConfig, run_dir: str | os.PathLike, *, enabled: bool, raw_stdout: bool = False
+    ) -> None:
+        self.cfg, self.enabled, self.raw_stdout, self.tb, self.wandb = cfg, enabled, raw_stdout, None, None
         if not enabled:
             return
         if cfg.logging.tensorboard:
@@ -81,7 +84,7 @@ class EpochLogger:
     def __call__(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        print(f"[{self.cfg.name}] {format_epoch(metrics, self.cfg.optim.epochs)}", flush=True)
+        self.say(format_epoch(metrics, self.cfg.optim.epochs))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
         if self.tb is not None:
             for key, value in scalars.items():
@@ -89,6 +92,15 @@ class EpochLogger:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(scalars, step=metrics["epoch"])
+
+    def say(self, text: str) -> None:
+        """One console line. In a Ray Train worker ``print`` is patched to log *and* tee (two lines),
+        so write to file descriptor 1, which Ray streams to the driver once."""
+        line = f"[{self.cfg.name}] {text}\n"
+        if self.raw_stdout:
+            os.write(1, line.encode())
+        else:
+            print(line, end="", flush=True)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -124,11 +136,12 @@ def _train_loop_per_worker(config: dict) -> None:
 
     cfg = train_config_from_dict(config["cfg"], "<train_loop_config>")
     rank = ray.train.get_context().get_world_rank()
-    logger = EpochLogger(cfg, config["run_dir"], enabled=rank == 0)
+    _quiet_report_logs()
+    logger = EpochLogger(cfg, config["run_dir"], enabled=rank == 0, raw_stdout=True)
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint is not None else None  # local copy
     if resume_dir and rank == 0:
-        print(f"[{cfg.name}] resuming after epoch {read_progress(resume_dir)['epoch']}", flush=True)
+        logger.say(f"resuming after epoch {read_progress(resume_dir)['epoch']}")
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         logger(metrics)
@@ -143,6 +156,17 @@ def _train_loop_per_worker(config: dict) -> None:
         logger.close()
         if resume_dir:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _quiet_report_logs() -> None:
+    """Ray 2.60 logs every report (all metrics) at INFO from a logger named by a *file path*
+    (ray/train/v2/_internal/execution/context.py), which escapes RunConfig's LoggingConfig filter
+    for ``ray.train.*``. Raise that one logger to WARNING so the console keeps one line per epoch."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # moved in a later Ray: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _gpu_request(cfg: TrainConfig) -> tuple[bool, float, str]:

@@ -6,8 +6,11 @@ then runs the two workload shapes of e2i on it:
 
 - caching: e2i cache's Ray Data pipeline whose embedding step is an actor pool of 2 actors x 1 GPU
   -> the autoscaler adds gpu_1x nodes, not a gpu_4x;
-- fine-tuning: a 4 x 1-GPU STRICT_PACK placement group (the shape of a 4-worker TorchTrainer in
-  `e2i finetune --num-workers 4 --use-gpu`) -> the autoscaler adds a gpu_4x node;
+- fine-tuning: a 4 x 1-GPU STRICT_PACK placement group (a 4-worker TorchTrainer as for
+  `e2i finetune --num-workers 4 --use-gpu`, with `placement_strategy="STRICT_PACK"`) -> the
+  autoscaler adds a gpu_4x node. (Measured: with Ray Train's default PACK the same 4 bundles were
+  spread over four gpu_1x nodes, reusing the idle caching nodes: PACK is best effort, and only
+  STRICT_PACK makes the gang one 4-GPU machine.)
 
 and when the driver is gone the idle workers are terminated after the (shortened) idle timeout. The
 checks read the autoscaler's own decisions ("Adding 2 node(s) of type gpu_1x", "Removing ... (idle)")
@@ -16,8 +19,8 @@ from its log, and where the work ran from the driver.
 The caching step runs e2i cache's own pipeline (`e2i.cache.embed_stream`: preprocess tasks + the
 EmbedBatch actor pool, light encoder, tiny toy corpus) with the pool `e2i.cache.pool_resources` builds
 for a 2-GPU cluster, not the `e2i cache` CLI: the CLI sizes its pool from the GPUs present when it
-starts, and a cluster scaled to zero shows none, so it would ask for CPU actors (see the report to the
-lead). The fine-tuning step is a plain placement group of the TorchTrainer's shape (a real 4-worker
+starts (`ray.cluster_resources()`), and a cluster scaled to zero shows none, so it would ask for CPU
+actors and never make the autoscaler add a GPU node. The fine-tuning step is a plain placement group of the TorchTrainer's shape (a real 4-worker
 Lightning run is minutes on 2 cores); the autoscaler sees only resource requests either way. Run this
 file as a script to run the driver.
 """

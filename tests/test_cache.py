@@ -439,3 +439,12 @@ def test_corpus_kind_inference(toy_root, tmp_path):
     assert cache.infer_corpus_kind(tmp_path / "imgs") == "imagefolder"
     with pytest.raises(CorpusError, match="no such file"):
         cache.infer_corpus_kind(tmp_path / "nope")
+
+
+def test_use_gpu_requests_gpus_before_any_gpu_node_is_up():
+    """On an autoscaling cluster scaled to zero the pool must still ask for GPUs (so nodes get added)."""
+    from e2i.cache import pool_resources
+
+    res = pool_resources({"CPU": 2.0}, num_actors=3, use_gpu=True)
+    assert res["num_gpus"] == 1 and res["compute"].min_size == 3
+    assert "num_gpus" not in pool_resources({"CPU": 2.0}, num_actors=3)

@@ -25,7 +25,8 @@ from e2i.train_loop import global_batches, lr_at, run_training
 
 NATURAL_LOSS = {"siglip": "sigmoid_infonce", "clip": "softmax_infonce", "attention": "softmax_infonce",
                 "mlp": "softmax_infonce"}  # as in configs/*.yaml
-HEAD_EXTRA = {"siglip": {"model.init_temperature": 0.1}, "attention": {"model.num_tokens": 4}}
+# attention: the synthetic maps mix every input dim, so few wide tokens (and a few more epochs) are needed
+HEAD_EXTRA = {"siglip": {"model.init_temperature": 0.1}, "attention": {"model.num_tokens": 2, "optim.epochs": 10}}
 SMALL = {"model.output_dim": 32, "model.hidden_dim": 64, "model.num_layers": 1, "optim.epochs": 6,
          "optim.batch_size": 128, "optim.lr": 3e-3, "loss.queue_size": 256, "logging.tensorboard": False}
 
@@ -55,7 +56,7 @@ def test_each_head_trains_far_above_chance(store, head):
     out = run_training(cfg, report=no_report)
     chance = 1 / 60
     first, best = out["history"][0], out["best"]
-    assert out["epochs"] == 6 and [h["epoch"] for h in out["history"]] == list(range(1, 7))
+    assert [h["epoch"] for h in out["history"]] == list(range(1, cfg.optim.epochs + 1))
     assert best["val/recall@1"] > 8 * chance, best
     assert best["val/mAP@10"] > best["val/recall@1"]  # mAP@10 >= R@1 by definition, > with any rank-2 hit
     assert out["history"][-1]["train/loss"] < first["train/loss"]

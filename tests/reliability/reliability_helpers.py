@@ -1,5 +1,5 @@
-"""Helpers of the reliability suite: run the CLI and check its error contract, find and kill our own
-processes, small corpora with bad rows, and small tmpfs mounts (disk full / read-only filesystem).
+"""Helpers of the reliability suite: run the CLI and check its error contract, find our own
+processes (to kill them), small corpora with bad rows, and small tmpfs mounts (disk full / read-only filesystem).
 
 The CLI contract checked here (see e2i.cli): a user error prints exactly one line
 ``e2i: error: <message naming the file/row/field>`` on stderr, no traceback, and a non-zero exit code.
@@ -12,7 +12,6 @@ import csv
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import wave
@@ -42,7 +41,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def run_module(argv: list[str], *, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m e2i <argv>`` in a subprocess (what a user types), output captured as text."""
     return subprocess.run([sys.executable, "-m", "e2i", *argv], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+                          env={**os.environ, **(env or {})}, cwd=ROOT, check=False)
 
 
 # "--- Logging error ---" reports of Python's logging module: a library's log handler still bound to the
@@ -103,14 +102,6 @@ def own_processes_named(prefix: str) -> list[int]:
     return [p for p in descendants(os.getpid()) if cmdline(p).startswith(prefix)]
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a subprocess started with start_new_session=True and everything in its session."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
-
-
 # ----------------------------------------------------------------------------------------- corpora
 def write_wav(path: Path, *, seconds: float = 0.5, sr: int = 32000, hz: float = 440.0) -> Path:
     """A mono 16-bit WAV tone."""
@@ -140,7 +131,7 @@ class TmpfsMount:
     def __init__(self, target: Path, options: str) -> None:
         target.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "e2i-test", str(target)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode:
             raise OSError(f"cannot mount a tmpfs: {done.stderr.strip()}")
         self.path = target
@@ -150,7 +141,7 @@ class TmpfsMount:
         subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
 
     def close(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
 
 
 @contextlib.contextmanager

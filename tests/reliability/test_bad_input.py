@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,10 +20,10 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from reliability_helpers import LIGHT_FLAGS, append_clotho_rows, error_line, run_cli, run_module, write_wav
 
 from e2i.errors import CheckpointError
 from e2i.store import load_split, write_split
-from reliability_helpers import LIGHT_FLAGS, append_clotho_rows, error_line, run_cli, run_module, write_wav
 
 
 # ========================================================================================= corpus
@@ -229,13 +228,12 @@ def test_bad_store_through_verify_and_split(rel_store, tmp_path, capsys, what):
     problems = [line for line in out.splitlines() if line.startswith("PROBLEM ")]
     assert any(all(n in p for n in needles) for p in problems), out
     assert out.strip().splitlines()[-1].endswith("problem(s)")
+    if not load_fails:  # a flipped bit inside a float still decodes: the sha256 of `e2i store verify` finds it
+        return
     # a stage that reads the split (`e2i split`) stops with one line naming the file and the first bad id
     code, _, err = run_cli(["split", str(split), "--out", str(tmp_path / "out")], capsys)
-    if load_fails:
-        error_line(code, err, *needles)
-        assert not (tmp_path / "out").exists()
-    else:  # a flipped bit inside a float is caught by the sha256 of `e2i store verify`, not by loading
-        assert code == 0
+    error_line(code, err, *needles)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -306,7 +304,7 @@ SPACE_CASES = {  # space YAML -> strings the message must contain (besides the f
     "unknown_loss": ({"loss.type": {"choice": ["triplet"]}}, ["'triplet' is not one of sigmoid_infonce"]),
     "heads_not_dividing": ({"model.type": {"choice": ["attention"]}, "model.hidden_dim": {"choice": [64]},
                             "model.num_heads": {"choice": [5]}}, ["model.num_heads: must divide hidden_dim"]),
-    "zero_lr": ({"optim.lr": {"uniform": [0.0, 0.1]}}, ["optim.lr"]),
+    "zero_lr": ({"optim.lr": {"uniform": [0.0, 0.1]}}, ["optim.lr: must be > 0"]),
 }
 
 
@@ -336,7 +334,7 @@ def test_traceback_only_with_debug(tmp_path):
     path.write_text("model:\n  type: transformer\n")
     plain = run_module(["train", str(path)])
     error_line(plain.returncode, plain.stderr, "bad.yaml", "model.type")
-    assert plain.returncode == 2 and plain.stderr.count("\n") == 1
+    assert plain.returncode == 2
     debug = run_module(["--debug", "train", str(path)])
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr
@@ -395,9 +393,9 @@ def test_damaged_checkpoint_on_resume_is_a_clear_error(trained_run, tmp_path, da
 
 
 def test_checkpoint_of_a_bigger_model_names_the_tensor(trained_run, tmp_path, capsys):
+    from e2i.checkpoint import save_weights
     from e2i.config import load_train_config
     from e2i.heads import build_model
-    from e2i.checkpoint import save_weights
 
     cfg = load_train_config(trained_run / "config.yaml", ["model.output_dim=32"])
     save_weights(build_model(cfg.model, 16, 12).state_dict(), tmp_path / "other.safetensors")

@@ -15,18 +15,16 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from reliability_helpers import LIGHT_FLAGS, error_line, own_processes_named, run_cli, tmpfs_mount, tree_files
 
 from e2i.config import TrainConfig, load_train_config, save_train_config
 from e2i.store import load_split, open_fs, verify_store
-from reliability_helpers import (LIGHT_FLAGS, error_line, own_processes_named, run_cli, tmpfs_mount,
-                                 tree_files)
 
 CACHE_FLAGS = [*LIGHT_FLAGS, "--batch-size", "8", "--shard-size", "8"]
 
@@ -178,8 +176,8 @@ class StopServerOnFirstUpload(threading.Thread):
         while not self.done.wait(0.02):
             try:
                 seen = self.client.list_objects_v2(Bucket=self.bucket).get("KeyCount", 0)
-            except Exception:  # noqa: BLE001 - server busy
-                continue
+            except Exception:  # noqa: BLE001 - server busy: ask again
+                seen = 0
             if seen:
                 _stop(self.server)
                 self.stopped = True
@@ -252,6 +250,11 @@ def test_unreachable_object_storage_is_one_line(rel_store, tmp_path, capsys, mon
     code, _, err = run_cli(["split", "s3://e2i-rel/stores/syn/all", "--out", str(tmp_path / "out")], capsys)
     error_line(code, err, "e2i-rel")
     assert not (tmp_path / "out").exists()
+    # a search whose Tune storage is on the unreachable server: not "nothing to resume"
+    code, _, err = run_cli(["tune", str(_space_file(tmp_path, rel_store)), "--resume", "--storage-path",
+                            "s3://e2i-rel/experiments", "--output-dir", str(tmp_path / "results")], capsys)
+    message = error_line(code, err, "e2i-rel")
+    assert "nothing to resume" not in message
 
 
 # ========================================================================================= disk full / read-only
