@@ -117,7 +117,7 @@ def print_comparison(runs: dict[str, tuple]) -> list[dict]:
         rows.append(row)
         table.add_row(name, f"{row['head']} / {row['loss']}", str(row["epochs"]),
                       *(f"{row[k]:.4f}" for k in ("t2i_R@1", "t2i_R@10", "t2i_mAP@10", "i2t_R@1", "chance_R@1")))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     return rows
 
 
