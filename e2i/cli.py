@@ -62,6 +62,14 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an I/O error: 'path: reason' when Python knows the path, else the first line."""
+    if exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_selected_stage(argv))
@@ -73,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"e2i: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only or missing output dir, object storage unreachable
+        if args.debug:
+            raise
+        print(f"e2i: error: {os_error_message(exc)} (--debug for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("e2i: interrupted (completed work is kept; re-run to resume)", file=sys.stderr)
         return 130

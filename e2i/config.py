@@ -26,6 +26,9 @@ LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 # Validation metrics `metric` may name: "val/" + a key of e2i.metrics.retrieval_metrics, or val/loss.
 METRIC_MODES = {"loss": "min", "median_rank": "min", "mean_rank": "min"}
+_RETRIEVAL = ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank")
+# val/<m> is text->item (caption queries), val/item_to_text/<m> the other direction (see e2i.train_loop)
+VALID_METRICS = ("val/loss", *(f"val/{m}" for m in _RETRIEVAL), *(f"val/item_to_text/{m}" for m in _RETRIEVAL))
 
 
 def _choice(value: str, allowed: tuple[str, ...], name: str) -> None:
@@ -153,6 +156,7 @@ class TrainConfig:
             raise ValueError(f"must be a non-empty name without '/', got {self.name!r}", "name")
         if not self.metric.startswith("val/"):
             raise ValueError(f"must start with 'val/', got {self.metric!r}", "metric")
+        _choice(self.metric, VALID_METRICS, "metric")
 
     @property
     def metric_mode(self) -> str:

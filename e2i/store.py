@@ -133,9 +133,13 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> No
         with fs.open_output_stream(tmp) as out:
             out.write(data)
         fs.move(tmp, path)  # rename(2): atomic on one filesystem
-    except BaseException:
+    except BaseException as exc:
         if _exists(fs, tmp):
             fs.delete_file(tmp)
+        if isinstance(exc, OSError):  # disk full, read-only: name the file, keep completed shards
+            reason = exc.strerror or str(exc).strip().splitlines()[-1]
+            raise StoreError(f"{path}: cannot write ({reason}); completed shards are kept, re-run to resume") \
+                from exc
         raise
 
 

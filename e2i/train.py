@@ -45,7 +45,7 @@ import numpy as np
 
 from e2i.checkpoint import MODEL_FILE, read_progress
 from e2i.config import TrainConfig, load_train_config, save_train_config, train_config_from_dict
-from e2i.errors import CheckpointError
+from e2i.errors import CheckpointError, E2IError
 from e2i.train_loop import run_training
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
@@ -246,8 +246,23 @@ def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dic
         shutil.rmtree(run_dir / CHECKPOINTS)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_train_config(cfg, run_dir / "config.yaml")
-    _trainer(cfg, run_dir).fit()
+    _fit_trainer(cfg, run_dir)
     return finish_run(cfg, run_dir, evaluate=evaluate)
+
+
+def _fit_trainer(cfg: TrainConfig, run_dir: Path) -> None:
+    """TorchTrainer.fit(); a user error raised in a worker (bad store, damaged checkpoint) is re-raised
+    as itself, so the CLI prints its one line instead of Ray's multi-page WorkerGroupError."""
+    import ray.train
+
+    try:
+        _trainer(cfg, run_dir).fit()
+    except ray.train.TrainingFailedError as exc:
+        failures = getattr(exc, "worker_failures", None) or {}
+        user_error = next((e for _, e in sorted(failures.items()) if isinstance(e, E2IError)), None)
+        if user_error is None:
+            raise
+        raise user_error from None
 
 
 def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:

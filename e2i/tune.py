@@ -374,6 +374,8 @@ def _tune_storage(space: TuneSpace) -> tuple[str, Any]:
 def _experiment_exists(path: str, fs) -> bool:
     from ray.tune import Tuner
 
+    if fs is not None:  # object storage: an unreachable endpoint is an error, not "no experiment"
+        fs.get_file_info(path)
     try:
         return Tuner.can_restore(path, storage_filesystem=fs)
     except Exception:  # noqa: BLE001 - missing bucket/dir

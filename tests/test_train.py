@@ -118,6 +118,22 @@ def test_store_written_by_plain_pandas_trains(tmp_path):
     assert out["best"]["val/recall@1"] > 8 / 60
 
 
+def test_store_on_s3_trains(monkeypatch):
+    """data.store = s3://... (a real S3-compatible server): loaded once per worker, then trained."""
+    from s3_server import create_bucket, run_moto_server, s3_env
+
+    with run_moto_server() as endpoint:
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        create_bucket(endpoint, "e2i-test")
+        make_synthetic_store("s3://e2i-test/stores/syn", n_items=200, item_dim=16, caption_dim=12,
+                             splits={"train": 150, "val": 50}, seed=6)
+        cfg = small_cfg("s3://e2i-test/stores/syn", **{"model.type": "clip", "loss.type": "softmax_infonce",
+                                                       "optim.epochs": 10})
+        out = run_training(cfg, report=no_report)
+    assert out["best"]["val/recall@1"] > 5 / 50
+
+
 def test_resume_repeats_the_uninterrupted_run(store, tmp_path):
     """Crash after epoch 2, resume from its checkpoint: the history continues and equals a straight run
     (weights, AdamW moments, the loss's queue, step count and dropout streams all restored)."""
