@@ -81,6 +81,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     from e2i.toy import make_toy_corpus
 
     size = QUICK if quick else FULL
+    nice = harness.ray_worker_niceness()
     with harness.work_dir(str(work) if work else None, "e2i-bench-cache-") as root:
         corpora = {k: make_toy_corpus(root / f"toy_{k}", n_items=n, seed=0) for k, n in size.items()}
         runs = {k: pipeline(corpora[k], root / "stores", f"toy_{k}") for k in ("small", "large")}
@@ -97,7 +98,8 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     n_small, n_large = size["small"], size["large"]
     return [
         Result(BENCH, f"cache_corpus (Ray Data, {pool['actors']} actor(s) x {pool['num_cpus']} CPU) vs bare "
-                      f"single-process loop, {n_large} clips + {n_large * 5} captions, logmel-stats + ngram-hash",
+                      f"single-process loop, {n_large} clips + {n_large * 5} captions, logmel-stats + ngram-hash, "
+                      f"batch {BATCH}, Ray workers at nice {nice} (bare loop {os.nice(0)})",
                f"{harness.fmt_rate(pipe_rate, 'rows/s')} ({summary['seconds']:.1f} s) vs "
                f"{harness.fmt_rate(bare_rate, 'rows/s')} ({bare_s:.1f} s)",
                pipe_rate / bare_rate, ">=", TARGET_SPEED,

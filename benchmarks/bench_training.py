@@ -11,9 +11,10 @@ Same store (synthetic-latent, see ``e2i.synthetic``), head (``clip``: Linear-GEL
 - **bare loop**: the same steps in this process without Ray (shuffle, gather the batch, forward,
   loss, backward, clip, AdamW step), same number of epochs, median epoch.
 
-Threads: the Ray worker's torch thread count is read from a task in the same job; the bare loop uses
-the same (``torch.set_num_threads``). When the benchmark starts Ray itself it pins ``OMP_NUM_THREADS``
-to the CPU count for every worker.
+Threads and priority: the Ray worker's torch thread count is read from a task in the same job; the
+bare loop uses the same (``torch.set_num_threads``). When the benchmark starts Ray itself it pins
+``OMP_NUM_THREADS`` to the CPU count for every worker and starts workers at nice 0 like this process
+(Ray's default is nice 15: on a busy machine that alone slows the Ray side; see harness.local_ray).
 
 GFLOP/s: ``torch.utils.flop_counter.FlopCounterMode`` counts the matmul FLOPs of one bare step
 (forward + backward of both heads and the B x B logits); achieved = FLOPs x steps / time. The
@@ -151,7 +152,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     from e2i.train import fit
 
     size = QUICK if quick else FULL
-    threads = worker_threads()
+    threads, nice = worker_threads(), harness.ray_worker_niceness()
     torch.set_num_threads(threads)
     with harness.work_dir(str(work) if work else None, "e2i-bench-train-") as root:
         store = make_synthetic_store(root / "store", n_items=size["n_items"], item_dim=size["item_dim"],
@@ -175,7 +176,8 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     total_pairs = pairs * cfg.optim.epochs
     return [
         Result(BENCH, f"e2i train (Ray Train, 1 worker) vs bare torch loop: clip head, sigmoid loss, "
-                      f"batch {cfg.optim.batch_size}, {threads} torch thread(s), {pairs:,} pairs/epoch",
+                      f"batch {cfg.optim.batch_size}, {threads} torch thread(s), {pairs:,} pairs/epoch, "
+                      f"Ray workers at nice {nice} (bare loop {os.nice(0)})",
                f"{harness.fmt_rate(ray_rate, 'pairs/s')} vs {harness.fmt_rate(bare_rate, 'pairs/s')}",
                ray_rate / bare_rate, ">=", TARGET, note="median epoch from epoch 2; validation excluded"),
         Result(BENCH, f"e2i train end to end ({cfg.optim.epochs} epochs incl. worker start-up, validation, "

@@ -43,7 +43,7 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike, *, title:
 
 
 def project_2d(x: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """(n, D) -> (n, 2) with PCA or t-SNE (sklearn; perplexity capped for small n)."""
+    """(n, D) -> (n, 2) with PCA or t-SNE (sklearn; perplexity capped for small n, deterministic by seed)."""
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -52,7 +52,13 @@ def project_2d(x: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        # exact gradients are faster than Barnes-Hut below ~2000 points (and single-threaded);
+        # 500 iterations settle a map of this size
+        method = "exact" if len(x) <= 2000 else "barnes_hut"
+        tsne = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=method, max_iter=500
+        )
+        return tsne.fit_transform(x)
     raise ValueError(f"unknown projection {method!r} (valid: pca, tsne)")
 
 

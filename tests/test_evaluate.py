@@ -22,12 +22,28 @@ from e2i.train import train_local
 def run_dir(tmp_path_factory) -> Path:
     """A small trained run (in-process, no Ray) with the same layout `e2i train` writes."""
     root = tmp_path_factory.mktemp("eval")
-    store = make_synthetic_store(root / "store", n_items=300, item_dim=24, caption_dim=16,
-                                 splits={"train": 200, "val": 50, "test": 50}, seed=3)
-    cfg = TrainConfig(name="evalrun", output_dir=str(root / "results")).replace({
-        "data.store": str(store), "model.type": "mlp", "loss.type": "softmax_infonce", "model.output_dim": 32,
-        "model.hidden_dim": 64, "model.num_layers": 1, "optim.epochs": 4, "optim.batch_size": 100,
-        "optim.lr": 3e-3, "logging.tensorboard": False})
+    store = make_synthetic_store(
+        root / "store",
+        n_items=300,
+        item_dim=24,
+        caption_dim=16,
+        splits={"train": 200, "val": 50, "test": 50},
+        seed=3,
+    )
+    cfg = TrainConfig(name="evalrun", output_dir=str(root / "results")).replace(
+        {
+            "data.store": str(store),
+            "model.type": "mlp",
+            "loss.type": "softmax_infonce",
+            "model.output_dim": 32,
+            "model.hidden_dim": 64,
+            "model.num_layers": 1,
+            "optim.epochs": 4,
+            "optim.batch_size": 100,
+            "optim.lr": 3e-3,
+            "logging.tensorboard": False,
+        }
+    )
     save_train_config(cfg, root / "evalrun.yaml")
     train_local(cfg, evaluate=False)
     return Path(cfg.run_dir)
@@ -55,7 +71,9 @@ def test_evaluate_from_config_other_split_and_cli(run_dir, capsys):
     config = run_dir.parent.parent / "evalrun.yaml"
     cfg, resolved = resolve_run(config)
     assert resolved.resolve() == run_dir.resolve() and cfg.name == "evalrun"
-    code = main(["evaluate", str(config), "--split", "val", "--no-plots", "--output-dir", str(run_dir / "ev_val")])
+    code = main(
+        ["evaluate", str(config), "--split", "val", "--no-plots", "--output-dir", str(run_dir / "ev_val")]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     assert "text_to_item/recall@1" in stdout and "95% CI" in stdout

@@ -19,7 +19,14 @@ def _linear_probe_r1(splits) -> float:
 
 
 def test_shapes_splits_and_subset():
-    s = synthetic_splits(n_items=100, captions_per_item=3, item_dim=20, caption_dim=12, splits={"train": 60, "val": 0.2, "test": 20}, train_subset=10)
+    s = synthetic_splits(
+        n_items=100,
+        captions_per_item=3,
+        item_dim=20,
+        caption_dim=12,
+        splits={"train": 60, "val": 0.2, "test": 20},
+        train_subset=10,
+    )
     assert {k: v.num_items for k, v in s.items()} == {"train": 60, "val": 20, "test": 20, "train_subset": 10}
     for split in s.values():
         assert split.item_emb.shape[1] == 20 and split.caption_emb.shape[1] == 12
