@@ -230,13 +230,9 @@ def epoch_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
     return found
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
-    """Train ``cfg`` with a TorchTrainer and write the run directory; returns the metrics.json content.
-
-    ``resume=True`` continues the run in ``cfg.run_dir`` from its latest checkpoint (CheckpointError if
-    there is none); otherwise earlier checkpoints of that run dir are removed. ``evaluate`` runs
-    ``e2i.evaluate`` on the test split afterwards (metrics under ``"test"``).
-    """
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
+    """The run directory with config.yaml written: kept checkpoints when resuming (an error if there are
+    none), removed otherwise."""
     run_dir = Path(cfg.run_dir).resolve()
     if resume and not epoch_checkpoints(run_dir):
         raise CheckpointError(
@@ -246,6 +242,17 @@ def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dic
         shutil.rmtree(run_dir / CHECKPOINTS)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_train_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
+    """Train ``cfg`` with a TorchTrainer and write the run directory; returns the metrics.json content.
+
+    ``resume=True`` continues the run in ``cfg.run_dir`` from its latest checkpoint (CheckpointError if
+    there is none); otherwise earlier checkpoints of that run dir are removed. ``evaluate`` runs
+    ``e2i.evaluate`` on the test split afterwards (metrics under ``"test"``).
+    """
+    run_dir = prepare_run_dir(cfg, resume=resume)
     _fit_trainer(cfg, run_dir)
     return finish_run(cfg, run_dir, evaluate=evaluate)
 
@@ -270,16 +277,8 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
 
     Checkpoints go to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest are kept).
     """
-    run_dir = Path(cfg.run_dir).resolve()
+    run_dir = prepare_run_dir(cfg, resume=resume)
     existing = epoch_checkpoints(run_dir)
-    if resume and not existing:
-        raise CheckpointError(
-            f"{run_dir / CHECKPOINTS}: no checkpoint to resume from (train without --resume)"
-        )
-    if not resume and (run_dir / CHECKPOINTS).exists():
-        shutil.rmtree(run_dir / CHECKPOINTS)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_train_config(cfg, run_dir / "config.yaml")
     logger = EpochLogger(cfg, run_dir, enabled=True)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
