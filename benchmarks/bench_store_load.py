@@ -9,8 +9,11 @@ then they are timed alternately and the best of ``--repeats`` counts for each (t
 run). On a cold cache both would be bound by the disk, which says nothing about the loader.
 
 Figures: seconds of ``load_split(with_text=False)`` (what training uses) vs the raw read, as a speed
-ratio (raw seconds / load seconds, target >= 0.5), and ``with_text=True`` (also ids -> strings of paths
-and caption text) for information.
+ratio (raw seconds / load seconds, target >= 0.5), and for information: ``with_text=True`` (also
+paths and caption text), pyarrow alone reading the shards' ``embedding`` columns (how much of the
+time is parquet decoding the ``fixed_size_list`` as a nested list, level by level), and the same
+float32 rows stored as a parquet ``fixed_size_binary(4 D)`` column (no list levels) read into one
+array: what a binary embedding layout would give.
 
     python benchmarks/bench_store_load.py [--quick] [--json out.json]
 """
@@ -72,7 +75,49 @@ def read_raw(path: Path, nbytes: int) -> np.ndarray:
     return out
 
 
-def run(quick: bool = False, work: Path | None = None, repeats: int = 2) -> list[Result]:
+def read_embedding_columns(split_dir: Path) -> int:
+    """pyarrow alone: the ``embedding`` column of every shard (parquet's list decoding, no e2i code)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_table(f, columns=["embedding"]).num_rows for f in sorted(split_dir.rglob("*.parquet")))
+
+
+def write_binary_layout(data, root: Path, rows_per_file: int = 100_000) -> Path:
+    """The same float32 rows as parquet ``fixed_size_binary(4 D)`` columns (one value per row, no list
+    levels): the layout a faster store could use. Returns the directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    k = 0
+    for emb in (data.item_emb, data.caption_emb):
+        for lo in range(0, len(emb), rows_per_file):
+            block = np.ascontiguousarray(emb[lo:lo + rows_per_file])  # (n, D)
+            col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(block.shape[1] * 4), len(block),
+                                                       [None, pa.py_buffer(block)])
+            pq.write_table(pa.table({"embedding": col}), root / f"part-{k:05d}.parquet", compression="none",
+                           use_dictionary=False)
+            k += 1
+    return root
+
+
+def read_binary_layout(root: Path, dim: int) -> np.ndarray:
+    """Read the fixed_size_binary files into one preallocated (N, D) float32 array."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f) for f in sorted(root.glob("*.parquet"))]
+    out = np.empty((sum(t.num_rows for t in tables), dim), np.float32)
+    row = 0
+    for t in tables:
+        for chunk in t.column("embedding").chunks:  # values buffer viewed as (n, D) float32, one copy
+            n = len(chunk)
+            out[row:row + n] = np.frombuffer(chunk.buffers()[1], np.float32, n * dim, chunk.offset * dim * 4
+                                             ).reshape(n, dim)
+            row += n
+    return out
+
+
+def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list[Result]:
     from e2i.store import load_split, write_split
 
     size = QUICK if quick else FULL
@@ -82,7 +127,9 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 2) -> list
         split_dir, raw = root / "bench" / "train", root / "embeddings.f32"
         write_split(data, split_dir, "bench", "train")
         nbytes = write_raw(data, raw)
+        binary_dir = write_binary_layout(data, root / "binary_layout")
         parquet_bytes = sum(p.stat().st_size for p in split_dir.rglob("*.parquet"))
+        dim = data.item_dim
         del data
         gc.collect()
 
@@ -90,11 +137,17 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 2) -> list
             return lambda: load_split(split_dir, with_text=with_text)
 
         raw_read = lambda: read_raw(raw, nbytes)  # noqa: E731
-        raw_read()  # both files were just written, so they are in the page cache; one untimed read each
+        # all files were just written, so they are in the page cache; one untimed read each on top
+        same = np.array_equal(read_binary_layout(binary_dir, dim).reshape(-1), raw_read())
+        assert same, "the binary layout must hold exactly the raw float32 values"
         load(False)()
-        times: dict[str, list[float]] = {"raw": [], "load": [], "load_text": []}
-        for _ in range(repeats):  # alternate so slow phases of the machine hit both
-            for key, fn in (("raw", raw_read), ("load", load(False)), ("load_text", load(True))):
+        read_embedding_columns(split_dir)
+        fns = {"raw": raw_read, "load": load(False), "load_text": load(True),
+               "pyarrow": lambda: read_embedding_columns(split_dir),
+               "binary": lambda: read_binary_layout(binary_dir, dim)}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(repeats):  # alternate so slow phases of the machine hit all of them
+            for key, fn in fns.items():
                 gc.collect()
                 times[key].append(harness.timed(fn)[0])
         best = {k: min(v) for k, v in times.items()}
@@ -110,12 +163,19 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 2) -> list
         Result(BENCH, "load_split(with_text=True) vs raw read (ids, paths and caption text too)",
                f"{best['load_text']:.2f} s vs raw {best['raw']:.2f} s",
                best["raw"] / best["load_text"], note="for information: training loads with_text=False"),
+        Result(BENCH, "  pyarrow alone reading the shards' embedding column (fixed_size_list: list levels "
+                      "decoded per value)",
+               f"{best['pyarrow']:.2f} s vs raw {best['raw']:.2f} s", best["raw"] / best["pyarrow"],
+               note="the part of load_split spent in parquet decoding"),
+        Result(BENCH, "  same float32 rows as parquet fixed_size_binary(4 D) columns, read into one array",
+               f"{best['binary']:.2f} s vs raw {best['raw']:.2f} s", best["raw"] / best["binary"],
+               note="what a binary embedding layout would give"),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=2, help="timed repetitions (best counts; default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (best counts; default 3)")
     args = p.parse_args(argv)
     harness.quiet_environment()
     results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None, repeats=args.repeats)

@@ -5,11 +5,15 @@ Same store (synthetic-latent, see ``e2i.synthetic``), head (``clip``: Linear-GEL
 
 - **e2i train**: ``e2i.train.fit`` builds a ``TorchTrainer`` with one worker running
   ``e2i.train_loop.run_training``. Its per-epoch ``train/pairs_per_s`` (timed inside the worker over the
-  optimisation steps, validation excluded) is taken from epoch 2 on (epoch 1 pays first-call costs);
-  the median counts. The wall time of the whole ``fit`` (worker start-up, validation, checkpoints) is
-  shown for information.
+  optimisation steps, validation excluded) is taken from epoch 2 on (epoch 1 pays first-call costs).
+  The wall time of the whole ``fit`` (worker start-up, validation, checkpoints) is shown for
+  information.
 - **bare loop**: the same steps in this process without Ray (shuffle, gather the batch, forward,
-  loss, backward, clip, AdamW step), same number of epochs, median epoch.
+  loss, backward, clip, AdamW step), the same number of epochs, half before and half after ``fit``.
+
+The best epoch of each side counts (an epoch is ~1-2 s, and on a shared machine a burst of other
+load hits some epochs of either side; the best epoch is the one least disturbed); the medians are
+in the note.
 
 Threads and priority: the Ray worker's torch thread count is read from a task in the same job; the
 bare loop uses the same (``torch.set_num_threads``). When the benchmark starts Ray itself it pins
@@ -41,7 +45,7 @@ from harness import Result  # noqa: E402
 
 BENCH = "head training"
 FULL = {"n_items": 5000, "item_dim": 512, "caption_dim": 512, "hidden": 512, "output": 256, "batch": 256,
-        "epochs": 4}
+        "epochs": 6}
 QUICK = {"n_items": 300, "item_dim": 32, "caption_dim": 24, "hidden": 32, "output": 16, "batch": 64,
          "epochs": 2}
 TARGET = 0.9  # e2i train pairs/s >= 0.9 of the bare loop
@@ -160,15 +164,16 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
         cfg = make_config(store, root / "results", size)
         train = load_split(store / "train", with_text=False)
 
-        wall, summary = harness.timed(lambda: fit(cfg, evaluate=False))
-        history = summary["history"]
-        ray_rates = [h["train/pairs_per_s"] for h in history[1:]] or [history[0]["train/pairs_per_s"]]
-        ray_rate = statistics.median(ray_rates)
-
         bare = BareLoop(cfg, train)
         pairs = bare.n_batches * bare.batch
-        bare_times = [bare.epoch(e) for e in range(cfg.optim.epochs)]
-        bare_time = statistics.median(bare_times[1:] or bare_times)
+        half = max(1, cfg.optim.epochs // 2)
+        bare_times = [bare.epoch(e) for e in range(half)]  # half of the bare epochs before e2i train ...
+        wall, summary = harness.timed(lambda: fit(cfg, evaluate=False))
+        bare_times += [bare.epoch(e) for e in range(half, cfg.optim.epochs)]  # ... and half after it
+        history = summary["history"]
+        ray_rates = [h["train/pairs_per_s"] for h in history[1:]] or [history[0]["train/pairs_per_s"]]
+        ray_rate = max(ray_rates)  # best epoch: the one least disturbed by other load
+        bare_time = min(bare_times[1:] or bare_times)
         bare_rate = pairs / bare_time
         flops = bare.step_flops()
     achieved = flops * bare.n_batches / bare_time / 1e9
@@ -179,11 +184,15 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
                       f"batch {cfg.optim.batch_size}, {threads} torch thread(s), {pairs:,} pairs/epoch, "
                       f"Ray workers at nice {nice} (bare loop {os.nice(0)})",
                f"{harness.fmt_rate(ray_rate, 'pairs/s')} vs {harness.fmt_rate(bare_rate, 'pairs/s')}",
-               ray_rate / bare_rate, ">=", TARGET, note="median epoch from epoch 2; validation excluded"),
+               ray_rate / bare_rate, ">=", TARGET,
+               note=f"best epoch of each (e2i: epochs 2-{cfg.optim.epochs}; median e2i "
+                    f"{statistics.median(ray_rates):,.0f}, bare {pairs / statistics.median(bare_times):,.0f}); "
+                    "validation excluded"),
         Result(BENCH, f"e2i train end to end ({cfg.optim.epochs} epochs incl. worker start-up, validation, "
-                      "checkpoints) vs bare loop's training time",
-               f"{wall:.1f} s vs {sum(bare_times):.1f} s ({harness.fmt_rate(total_pairs / wall, 'pairs/s')} overall)",
-               wall / sum(bare_times), note="for information: fixed start-up dominates short runs"),
+                      f"checkpoints) vs {cfg.optim.epochs} bare epochs at the best epoch's speed",
+               f"{wall:.1f} s vs {cfg.optim.epochs * bare_time:.1f} s "
+               f"({harness.fmt_rate(total_pairs / wall, 'pairs/s')} overall)",
+               wall / (cfg.optim.epochs * bare_time), note="for information: fixed start-up dominates short runs"),
         Result(BENCH, f"bare loop matmul GFLOP/s vs one {n}x{n} matmul of the same FLOPs "
                       f"({flops / 1e9:.2f} GFLOP per step)",
                f"{achieved:.1f} GFLOP/s vs {peak:.1f} GFLOP/s", achieved / peak, unit="%",
