@@ -45,7 +45,7 @@ from harness import Result  # noqa: E402
 
 BENCH = "head training"
 FULL = {"n_items": 5000, "item_dim": 512, "caption_dim": 512, "hidden": 512, "output": 256, "batch": 256,
-        "epochs": 6}
+        "epochs": 8}
 QUICK = {"n_items": 300, "item_dim": 32, "caption_dim": 24, "hidden": 32, "output": 16, "batch": 64,
          "epochs": 2}
 TARGET = 0.9  # e2i train pairs/s >= 0.9 of the bare loop
