@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -62,6 +63,31 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Flags (argparse dests) that name local paths: resolved against the caller's cwd right after parsing,
+# before a stage hands anything to Ray (see e2i.paths; URIs pass through). Config/space files are
+# read on the driver and keep the name the user typed (error messages quote it).
+PATH_ARGS = ("metadata", "cache_dir", "root", "out", "src", "dir", "store", "images_dir", "experiment",
+             "checkpoint", "output_dir", "storage_path", "data_root", "mirror", "init_weights", "relevance")
+MODEL_ARGS = ("text_model", "image_model")
+
+
+def resolve_path_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Every PATH_ARGS value (or list of values) made absolute in place."""
+    from e2i.paths import resolve_path
+
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            setattr(args, name, resolve_path(value))
+        elif isinstance(value, list):
+            setattr(args, name, [resolve_path(v) if isinstance(v, str) and v else v for v in value])
+    for name in MODEL_ARGS:  # a hub id unless it names an existing local directory
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and os.path.exists(value):
+            setattr(args, name, resolve_path(value))
+    return args
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an I/O error: 'path: reason' when Python knows the path, else the first line."""
     if exc.filename and exc.strerror:
@@ -73,7 +99,7 @@ def os_error_message(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_selected_stage(argv))
-    args = parser.parse_args(argv)
+    args = resolve_path_args(parser.parse_args(argv))
     try:
         return int(args._run(args) or 0)
     except E2IError as exc:

@@ -9,6 +9,7 @@ Unknown keys are errors (a typo must not be silently ignored). No ray import her
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import types
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from e2i.errors import ConfigError
+from e2i.paths import TRAIN_PATH_FIELDS, get_dotted, resolve_train_paths
 
 HEAD_TYPES = ("siglip", "clip", "attention", "mlp")
 LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
@@ -150,6 +152,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Local paths as the user wrote them ({"data.store": "stores/toy", ...}); the fields above hold
+    # them resolved to absolute paths at load (see e2i.paths), so Ray workers find them.
+    paths_as_written: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -189,6 +194,10 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check/convert one scalar against its annotation (int, float, str, bool, X | None)."""
     origin = typing.get_origin(tp)
+    if origin is dict:  # dict[str, str]: a flat mapping of strings
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        raise ConfigError(f"{path}: expected a mapping of strings, got {type(value).__name__} {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -300,12 +309,24 @@ def train_config_from_dict(data: dict, source: str = "<dict>") -> TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """Load and validate a train config; `name` defaults to the file's stem."""
+    """Load and validate a train config; `name` defaults to the file's stem.
+
+    Local paths (``data.store``, ``output_dir``) are resolved against the caller's working directory
+    here, on the driver (see e2i.paths); ``paths_as_written`` keeps what the user wrote."""
     data = read_yaml(path)
     data.setdefault("name", Path(path).stem)
+    overridden: tuple[str, ...] = ()
     if overrides:
+        before = copy.deepcopy(data)
         apply_overrides(data, overrides, f"{path} (--set)")
-    return train_config_from_dict(data, str(path))
+        overridden = tuple(k for k in TRAIN_PATH_FIELDS if get_dotted(data, k) != get_dotted(before, k))
+    cfg = train_config_from_dict(data, str(path))
+    return resolve_config_paths(cfg, overridden, str(path))
+
+
+def resolve_config_paths(cfg: TrainConfig, overridden: tuple[str, ...] = (), source: str = "<config>") -> TrainConfig:
+    """The same config with its local paths absolute (against the cwd) and ``paths_as_written`` set."""
+    return train_config_from_dict(resolve_train_paths(cfg.to_dict(), overridden), source)
 
 
 def save_train_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from e2i.config import load_train_config
+from e2i.paths import resolve_path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
@@ -44,7 +45,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from e2i.toy import make_toy_corpus
     from e2i.train import fit
 
-    out = Path(args.output_dir)
+    out = Path(resolve_path(args.output_dir))  # absolute: Ray Train/Tune workers run elsewhere
     store_root, dataset_dir = out / "stores", out / "stores" / "toy"
     results = out / "results"
     summary: dict = {}

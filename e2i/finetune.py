@@ -196,7 +196,22 @@ def load_finetune_config(path: str | os.PathLike, overrides: dict | None = None)
     """``configs/finetune.yaml`` (keys = FinetuneConfig fields) with ``overrides`` applied on top."""
     data = read_yaml(path)
     data.update(overrides or {})
-    return finetune_config_from_dict(data, str(path))
+    return resolve_finetune_paths(finetune_config_from_dict(data, str(path)))
+
+
+def resolve_finetune_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Local paths absolute against the caller's cwd, on the driver (Ray Train workers run elsewhere;
+    see e2i.paths). ``text_model`` is a hub id unless it names an existing local directory."""
+    from e2i.paths import resolve_path
+
+    text_model = resolve_path(cfg.text_model) if os.path.exists(cfg.text_model) else cfg.text_model
+    options = dict(cfg.audio_options)
+    if isinstance(options.get("weights"), str):
+        options["weights"] = resolve_path(options["weights"])
+    return dataclasses.replace(
+        cfg, audio_options=options, data_root=resolve_path(cfg.data_root), output_dir=resolve_path(cfg.output_dir),
+        init_weights=resolve_path(cfg.init_weights) if cfg.init_weights else None, text_model=text_model,
+    )
 
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
@@ -974,7 +989,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     options = dict(data.get("audio_options") or {})
     options.update(_parse_option(o) for o in args.audio_option)
     data["audio_options"] = options
-    return finetune_config_from_dict(data, args.config or "<command line>")
+    return resolve_finetune_paths(finetune_config_from_dict(data, args.config or "<command line>"))
 
 
 def run(args: argparse.Namespace) -> int:

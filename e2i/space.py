@@ -39,6 +39,7 @@ divide ``hidden_dim`` fails at load, not in trial 37. No ray or optuna import he
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import random
@@ -56,9 +57,11 @@ from e2i.config import (
     apply_overrides,
     build_dataclass,
     read_yaml,
+    resolve_config_paths,
     train_config_from_dict,
 )
 from e2i.errors import ConfigError
+from e2i.paths import resolve_path, resolve_sqlite_url
 
 KINDS = ("choice", "uniform", "loguniform", "int", "quniform")
 NAMED_CHOICES = {"model.type": HEAD_TYPES, "loss.type": LOSS_TYPES, "optim.precision": PRECISIONS}
@@ -558,6 +561,17 @@ def _resolve_base_config(value: Any, path: Path) -> Path:
     raise _fail(str(path), "base_config", f"no such file (tried {', '.join(map(str, tried))})")
 
 
+def _resolve_storage(storage: StorageSpec) -> StorageSpec:
+    """Local output/storage paths and relative sqlite URLs made absolute against the cwd (e2i.paths):
+    Tune runs trials in their trial dirs, so nothing relative may reach it."""
+    return dataclasses.replace(
+        storage,
+        output_dir=resolve_path(storage.output_dir),
+        storage_path=resolve_path(storage.storage_path) if storage.storage_path else None,
+        optuna=resolve_sqlite_url(storage.optuna) if storage.optuna else None,
+    )
+
+
 def _deep_merge(into: dict, data: dict) -> dict:
     for key, value in data.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -582,7 +596,7 @@ def space_from_dict(doc: dict, *, name: str, source: str, path: Path | None = No
     _deep_merge(base.setdefault("data", {}), doc.get("data") or {})
     base.setdefault("name", name)
     base_cfg = train_config_from_dict(copy.deepcopy(base), f"{source}: base")  # field errors, with paths
-    base = base_cfg.to_dict()
+    base = resolve_config_paths(base_cfg, source=f"{source}: base").to_dict()  # absolute, on the driver
     if "space" not in doc or not doc["space"]:
         raise _fail(source, "space", "missing or empty: nothing to search")
     root = _parse_block(doc["space"], {}, source, "space")
@@ -590,7 +604,7 @@ def space_from_dict(doc: dict, *, name: str, source: str, path: Path | None = No
         name=name, source=source, base=base, root=root,
         scheduler=_parse_section(SchedulerSpec, doc.get("scheduler"), source, "scheduler"),
         search=_parse_section(SearchSpec, doc.get("search"), source, "search"),
-        storage=_parse_section(StorageSpec, doc.get("storage"), source, "storage"),
+        storage=_resolve_storage(_parse_section(StorageSpec, doc.get("storage"), source, "storage")),
     )
     check_sampled_configs(space)
     return space
