@@ -40,7 +40,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,12 +399,14 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  with_images: bool = False, image_options: Mapping[str, Any] | None = None,
                  mirror: str | None = None, upload_every: int | None = None, include_embeddings: bool = False,
                  hf_token: str | None = None, mirror_attempts: int = 4, mirror_backoff: float = 1.0,
-                 quiet: bool = False, use_gpu: bool = False) -> dict:
+                 quiet: bool = False, use_gpu: bool = False,
+                 ray_init: Callable[[], Any] | None = None) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
     ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
-    interrupted run of the same split; prints the summary table unless ``quiet``. Ray is initialised
-    (local) if it is not yet.
+    interrupted run of the same split; prints the summary table unless ``quiet``. If Ray is not running,
+    ``ray_init`` (default ``ray.init``) starts it once the output directory exists: an output that cannot
+    be written (read-only, under a file) fails before Ray starts.
     """
     import ray
 
@@ -419,11 +421,11 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     encs = _build_encoders(names, _items_modality(data, metadata), encoder_options or {})
     dataset = dataset or data.name
     out = Path(cache_dir) / dataset / data.split
-    if not ray.is_initialized():
-        ray.init()
     writer = StoreWriter(out, dataset=dataset, split=data.split)  # encoders are set once dims are known
     for k in ("items", "captions"):
         check_resume_compatible(writer, k, encs[k].manifest_entry())
+    if not ray.is_initialized():
+        (ray_init or ray.init)()
     if data.rejected:
         writer.write_rejected(data.rejected_rows())
     mirror_obj = _open_mirror(mirror, out, hf_token, mirror_attempts, mirror_backoff)
@@ -627,6 +629,7 @@ def encoder_options_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from e2i import images
+    from e2i.mirror import add_mirror_arguments
 
     a = parser.add_argument
     a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file, image folder")
@@ -652,13 +655,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--with-images", action="store_true",
       help="also write pseudo-images of the embeddings under <split>/pseudo_images/ (e2i.images)")
     images.add_image_options(parser)
-    a("--mirror", help="copy the split to s3://bucket/prefix, hf://datasets/owner/repo[/prefix] or a local dir")
-    a("--upload-every", type=int, help="with a mirror: upload every N embedded rows too (default: only at the end)")
+    add_mirror_arguments(parser)
     a("--include-embeddings", action="store_true",
       help="with --with-images: mirror the embedding shards too (default: pseudo-images + manifest only)")
-    a("--hf-dataset", help="mirror to this Hugging Face dataset repo (owner/name); same as --mirror hf://datasets/...")
-    a("--hf-prefix", help="path inside the --hf-dataset repo (default: repo root)")
-    a("--hf-token", help="Hugging Face token (default: env HF_TOKEN); never written anywhere")
     a("--ray-address", help="Ray cluster to use (default: RAY_ADDRESS or a new local instance; 'local' forces one)")
     a("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)")
 
@@ -666,14 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`e2i cache`: exit 0, or 1 when the store is complete but the mirror reported failed uploads."""
     from e2i.images import image_options
-    from e2i.mirror import hf_uri
+    from e2i.mirror import mirror_from_args
 
-    if args.hf_dataset and args.mirror:
-        raise ConfigError("give either --mirror or --hf-dataset, not both")
-    mirror = hf_uri(args.hf_dataset, args.hf_prefix) if args.hf_dataset else args.mirror
-    if args.upload_every and not mirror:
-        raise ConfigError("--upload-every needs --mirror or --hf-dataset")
-    _init_ray(args.ray_address, args.num_cpus)
+    mirror, hf_token = mirror_from_args(args)
     summary = cache_corpus(
         args.metadata, corpus=args.corpus, split=args.split, cache_dir=args.cache_dir, dataset=args.dataset,
         batch_size=args.batch_size, audio_encoder=args.audio_encoder, text_encoder=args.text_encoder,
@@ -681,7 +675,8 @@ def run(args: argparse.Namespace) -> int:
         curate_captions=args.curate_captions, num_actors=args.num_actors, shard_size=args.shard_size,
         use_gpu=args.use_gpu, with_images=args.with_images, image_options=image_options(args), mirror=mirror,
         upload_every=args.upload_every,
-        include_embeddings=args.include_embeddings, hf_token=args.hf_token or os.environ.get("HF_TOKEN"))
+        include_embeddings=args.include_embeddings, hf_token=hf_token,
+        ray_init=lambda: _init_ray(args.ray_address, args.num_cpus))
     return 1 if summary["mirror"] and summary["mirror"]["failed"] else 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -46,6 +47,16 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
     os.replace(tmp, path)
 
 
+def _torch_load_reason(exc: Exception) -> str:
+    """One line for a failed ``torch.load``: the global weights_only refused (torch's own text is a
+    colourised page of advice on how to load the file anyway), else the error's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"unsupported global {refused.group(1)}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state_dict from ``*.safetensors`` or (legacy) ``*.pt``/``*.pth`` loaded with weights_only=True."""
     path = Path(path)
@@ -55,10 +66,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"{path}: refused or unreadable torch file "
-                f"(only plain tensors are loaded, weights_only=True): {reason}"
+                f"(only plain tensors are loaded, weights_only=True): {_torch_load_reason(exc)}"
             ) from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")

@@ -5,7 +5,8 @@
     e2i --help         lists the stages; `e2i <stage> --help` lists every flag of a stage
 
 Each stage module exposes `add_arguments(parser)` and `run(args) -> int`; only the stage being run
-is imported, so `e2i --help` stays fast. User errors (E2IError) print one line and exit 2; pass
+is imported, so `e2i --help` stays fast. User errors (E2IError) print one line and exit 2, I/O errors
+(OSError, StoreWriteError: disk full, read-only, unreachable storage) one line and exit 1; pass
 `--debug` for the traceback.
 """
 
@@ -106,11 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"e2i: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2: the input is wrong; 1: storage failed (StoreWriteError)
     except OSError as exc:  # disk full, read-only or missing output dir, object storage unreachable
         if args.debug:
             raise
-        print(f"e2i: error: {os_error_message(exc)} (--debug for the traceback)", file=sys.stderr)
+        print(f"e2i: error: {os_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("e2i: interrupted (completed work is kept; re-run to resume)", file=sys.stderr)

@@ -717,6 +717,54 @@ def _limit(value: float) -> float | int:
     return int(value) if value > 1 else float(value)  # Lightning: int = batches, float = fraction
 
 
+def worker_device() -> torch.device:
+    """This worker's torch device: the GPU Ray assigned when torch sees CUDA, else the CPU. Ray may hold
+    a GPU for a worker whose torch has no CUDA (a CPU build on a GPU node, logical GPUs of a test
+    cluster); ``ray.train.torch.get_device()`` would still answer ``cuda:0`` there."""
+    import ray.train.torch
+
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def _ddp_strategy(ray_ddp_strategy: type, device: torch.device):
+    """``RayDDPStrategy`` on ``device`` (its own ``root_device`` is ``ray.train.torch.get_device()``,
+    ``cuda:0`` even where torch has no CUDA, and Lightning's CPU accelerator refuses that)."""
+
+    class Strategy(ray_ddp_strategy):
+        @property
+        def root_device(self) -> torch.device:
+            return device
+
+    return Strategy(find_unused_parameters=False)
+
+
+def torch_config():
+    """Ray's ``TorchConfig`` whose process-group backend is checked on the placed workers: TorchTrainer
+    picks nccl whenever GPUs are requested, which fails on CPU torch ("ProcessGroupNCCL is only supported
+    with GPUs"); here nccl is kept only when every worker's torch sees CUDA, else gloo is used. (Probing
+    from the driver would need a GPU task of its own, which on an autoscaling cluster launches a node
+    just for the probe.) Subclassing the backend is how Ray's own TorchftConfig customises it."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend
+
+    class _Backend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            if backend_config.backend == "nccl" and not all(worker_group.execute(_cuda_available)):
+                backend_config = dataclasses.replace(backend_config, backend="gloo")
+            super().on_start(worker_group, backend_config)
+
+    class _Config(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _Backend
+
+    return _Config()
+
+
 class RayMetricsReport(_lightning().Callback):
     """Reports the epoch's metrics to Ray Train (all workers; Ray keeps rank 0's). Checkpoints stay in the
     run dir (ModelCheckpoint), so nothing heavy is copied to Ray's storage every epoch."""
@@ -789,11 +837,17 @@ def train_worker(config: dict) -> None:
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
     seed_everything(cfg.seed, workers=True)
-    device = ray.train.torch.get_device()
+    device = worker_device()
     precision, note = resolve_precision(cfg.precision, device)
-    rank = ray.train.get_context().get_world_rank()
-    if note and rank == 0:
-        print(f"e2i finetune: {note}", flush=True)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if rank == 0:
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids()) or "none"
+        group = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+        print(f"e2i finetune: {context.get_world_size()} worker(s) on {device.type} "
+              f"(Ray GPU ids of rank 0: {gpus}; process group: {group})", flush=True)
+        if note:
+            print(f"e2i finetune: {note}", flush=True)
     module = RetrievalModule(cfg.to_dict())
     data = ClothoDataModule(cfg, module.tokenizer)
     callbacks = _callbacks(cfg, ckpt_dir)
@@ -801,7 +855,7 @@ def train_worker(config: dict) -> None:
         max_epochs=cfg.epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices="auto",
-        strategy=RayDDPStrategy(find_unused_parameters=False),
+        strategy=_ddp_strategy(RayDDPStrategy, device),
         plugins=[RayLightningEnvironment()],
         precision=precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -885,6 +939,7 @@ def fit(cfg: FinetuneConfig) -> dict:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=cfg.to_dict(),
+        torch_config=torch_config(),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
             # GPU runs: all workers on one multi-GPU node (NVLink/PCIe all-reduce), e.g. cluster.yaml's gpu_4x

@@ -27,6 +27,7 @@ for items (from the manifest) and ``text`` for captions, and ``quote`` is URL pe
 safe characters (``toy_0001.wav#1`` -> ``toy_0001.wav%231.png``). Each PNG carries ``lo``, ``hi``, ``dim``,
 ``grid``, the options and the id in tEXt chunks (``e2i:*``), so :func:`read_pseudo_image` inverts it
 alone; ``pseudo_images/meta.json`` records the options and counts. Deterministic: same inputs, same bytes.
+`e2i images --include-embeddings` adds ``pseudo_images/<modality>/embeddings.parquet`` (e2i/image_export.py).
 """
 
 from __future__ import annotations
@@ -239,15 +240,15 @@ def embedding_matrix(col) -> np.ndarray:
 
 def _write_batch(batch, *, out_dir: str, id_col: str, opts: dict) -> dict[str, np.ndarray]:
     """Ray Data map_batches fn: write one PNG per row of a pyarrow batch; returns {"written": [n]}."""
+    from e2i.image_export import write_file
     from e2i.store import open_fs
 
     fs, root = open_fs(out_dir)
     ids = batch.column(id_col).to_pylist()
     emb = embedding_matrix(batch.column("embedding"))  # (B, D)
     for item_id, vec in zip(ids, emb):
-        data = pseudo_image_png(vec, item_id=item_id, **opts)
-        with fs.open_output_stream(posixpath.join(root, png_name(item_id))) as f:
-            f.write(data)
+        png = pseudo_image_png(vec, item_id=item_id, **opts)
+        write_file(fs, posixpath.join(root, png_name(item_id)), png)
     return {"written": np.array([len(ids)], dtype=np.int64)}
 
 
@@ -315,13 +316,18 @@ def export_pseudo_images(
     channel_mode: str = "split",
     clip_values: bool = False,
     batch_size: int = 256,
+    include_embeddings: bool = False,
+    on_rows: Any = None,
 ) -> dict[str, int]:
     """Write every embedding of a store split as a PNG with Ray Data; returns {modality: count}.
 
     ``images_dir`` defaults to the split dir (PNGs under ``<split>/pseudo_images/``); local or s3://.
-    ``modalities`` are store kinds: ``items`` (-> audio|image) and/or ``captions`` (-> text)."""
+    ``modalities`` are store kinds: ``items`` (-> audio|image) and/or ``captions`` (-> text).
+    ``include_embeddings``: also ``<modality>/embeddings.parquet`` (e2i.image_export); ``on_rows(n)`` is
+    called as batches of n PNGs are done (`e2i images --upload-every`)."""
     import ray
 
+    from e2i import image_export
     from e2i.store import open_fs
 
     split_dir = os.fspath(split_dir)
@@ -354,7 +360,15 @@ def export_pseudo_images(
             batch_size=batch_size,
             fn_kwargs={"out_dir": out_dir, "id_col": KIND_ID[kind], "opts": opts},
         )
-        counts[modality] = int(written.sum("written") or 0)
+        counts[modality] = 0
+        for done in written.iter_batches(batch_size=None, batch_format="numpy"):
+            n = int(done["written"].sum())
+            counts[modality] += n
+            if on_rows is not None:
+                on_rows(n)
+        if include_embeddings:
+            out_path = posixpath.join(out_root, "pseudo_images", modality)
+            image_export.write_embeddings(fs, shards, KIND_ID[kind], out_fs, out_path)
     _write_meta(out_fs, out_root, split_dir, opts, counts)
     return counts
 
@@ -427,10 +441,12 @@ def image_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from e2i import image_export
+
     parser.add_argument(
         "--store",
-        required=True,
-        help="a store split dir, or a dataset/root dir: every split found under it is exported",
+        help="a store split dir, or a dataset/root dir: every split found under it is exported (required, "
+        "or --cache-dir)",
     )
     parser.add_argument(
         "--images-dir",
@@ -447,33 +463,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which embeddings to export",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch")
+    image_export.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
+    from e2i.image_export import run
 
-    from e2i.store import find_splits
-
-    splits = find_splits(args.store)
-    if not splits:
-        raise StoreError(
-            f"{args.store}: no store split found (expected items/ and captions/ or manifest.json)"
-        )
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    start = time.perf_counter()
-    total: dict[str, int] = {}
-    for split in splits:
-        out = args.images_dir
-        if out is not None and len(splits) > 1:
-            out = out.rstrip("/") + "/" + posixpath.basename(split.rstrip("/"))
-        counts = export_pseudo_images(
-            split, out, args.kinds, batch_size=args.batch_size, **image_options(args)
-        )
-        shown = ", ".join(f"{n} {m}" for m, n in counts.items())
-        print(f"{split}: {shown} -> {(out or split).rstrip('/')}/pseudo_images/")
-        for m, n in counts.items():
-            total[m] = total.get(m, 0) + n
-    n = sum(total.values())
-    print(f"pseudo-images: {n} PNGs from {len(splits)} split(s) in {time.perf_counter() - start:.1f} s")
-    return 0
+    return run(args)

@@ -27,6 +27,7 @@ Conventions:
 
 from __future__ import annotations
 
+import argparse
 import os
 import posixpath
 import shutil
@@ -83,7 +84,8 @@ def split_files(split_dir: str | os.PathLike, *, embeddings: bool = True, images
     """Complete files of a local split, as ``(data files, files to upload last)`` relative paths.
 
     Data files: shards ``items/*.parquet`` / ``captions/*.parquet`` (not hidden temporaries) when
-    ``embeddings``, ``rejected.parquet``, and ``pseudo_images/**/*.png`` + ``meta.json`` when ``images``. Last: the manifest.
+    ``embeddings``, ``rejected.parquet``, and ``pseudo_images/**/*.png`` + ``meta.json`` (+ the
+    ``embeddings.parquet`` of `e2i images --include-embeddings`) when ``images``. Last: the manifest.
     """
     root = Path(split_dir)
     files: list[str] = []
@@ -96,7 +98,7 @@ def split_files(split_dir: str | os.PathLike, *, embeddings: bool = True, images
             files.append(REJECTED)
     if images and (root / IMAGES_DIR).is_dir():
         files += sorted(p.relative_to(root).as_posix() for p in (root / IMAGES_DIR).rglob("*")
-                        if _complete(p, (".png", ".json")))
+                        if _complete(p, (".png", ".json", ".parquet")))
     last = [MANIFEST] if (root / MANIFEST).is_file() else []
     return files, last
 
@@ -110,6 +112,31 @@ def remote_root(uri: str, split_dir: str | os.PathLike) -> str:
     """``<uri>/<dataset>/<split>`` for a split dir ``.../<dataset>/<split>``."""
     parts = Path(split_dir).resolve().parts
     return posixpath.join(uri.rstrip("/"), parts[-2], parts[-1])
+
+
+def add_mirror_arguments(parser: argparse.ArgumentParser, *, what: str = "the split", rows: str = "embedded"
+                         ) -> None:
+    """The mirror flags of `e2i cache` and `e2i images`; read back with :func:`mirror_from_args`."""
+    a = parser.add_argument
+    a("--mirror", help=f"copy {what} to s3://bucket/prefix, hf://datasets/owner/repo[/prefix] or a local dir")
+    a("--upload-every", type=int,
+      help=f"with a mirror: upload every N {rows} rows too (default: only at the end)")
+    a("--hf-dataset",
+      help="mirror to this Hugging Face dataset repo (owner/name); same as --mirror hf://datasets/...")
+    a("--hf-prefix", help="path inside the --hf-dataset repo (default: repo root)")
+    a("--hf-token", help="Hugging Face token (default: env HF_TOKEN); never written anywhere")
+
+
+def mirror_from_args(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(mirror URI or None, Hub token or None) of the :func:`add_mirror_arguments` flags."""
+    if args.hf_dataset and args.mirror:
+        raise ConfigError("give either --mirror or --hf-dataset, not both")
+    uri = hf_uri(args.hf_dataset, args.hf_prefix) if args.hf_dataset else args.mirror
+    if args.upload_every and not uri:
+        raise ConfigError("--upload-every needs --mirror or --hf-dataset")
+    if args.upload_every is not None and args.upload_every < 1:
+        raise ConfigError(f"--upload-every: must be >= 1, got {args.upload_every}")
+    return uri, args.hf_token or os.environ.get("HF_TOKEN")
 
 
 def hf_uri(repo: str, prefix: str | None = None) -> str:
@@ -212,12 +239,14 @@ class Mirror:
     """Incremental uploader of one local split dir to ``remote_root(uri, split_dir)``.
 
     ``attempts`` tries per file (per commit of up to 500 files for hf://) with waits ``backoff * 2**k``
-    seconds between them. What was uploaded is remembered per instance: a new run uploads its files again.
+    seconds between them. ``source``: read the files from this local dir instead of ``split_dir`` (which
+    then only names the remote dir; `e2i images --images-dir`). What was uploaded is remembered per instance: a new run uploads its files again.
     """
 
     def __init__(self, uri: str, split_dir: str | os.PathLike, *, token: str | None = None,
-                 attempts: int = 4, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.split_dir = Path(split_dir)
+                 attempts: int = 4, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                 source: str | os.PathLike | None = None) -> None:
+        self.split_dir = Path(split_dir if source is None else source)  # where the files are read from
         self.uri = remote_root(uri, split_dir)
         self.attempts, self.backoff, self._sleep = max(1, attempts), backoff, sleep
         self._target = _open_target(self.uri, token)

@@ -12,7 +12,6 @@ uploaded copy of the repo, so relative paths resolve there. No ray import here.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # Local-path fields of a TrainConfig (dotted keys), resolved by e2i.config at load.
 TRAIN_PATH_FIELDS = ("data.store", "output_dir")

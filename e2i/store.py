@@ -48,7 +48,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from e2i import __version__
-from e2i.errors import StoreError
+from e2i.errors import StoreError, StoreWriteError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -137,10 +137,25 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> No
         if _exists(fs, tmp):
             fs.delete_file(tmp)
         if isinstance(exc, OSError):  # disk full, read-only: name the file, keep completed shards
-            reason = exc.strerror or str(exc).strip().splitlines()[-1]
-            raise StoreError(f"{path}: cannot write ({reason}); completed shards are kept, re-run to resume") \
-                from exc
+            reason = _io_reason(exc)
+            raise StoreWriteError(f"{path}: cannot write ({reason}); completed shards are kept, re-run to "
+                                  "resume") from exc
         raise
+
+
+def _io_reason(exc: OSError) -> str:
+    """The reason of an OSError, also of pyarrow's ("Error writing bytes ... Detail: [errno 28] ...")."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc).strip().splitlines()[-1]
+
+
+def _create_dirs(fs: pafs.FileSystem, path: str) -> None:
+    """``mkdir -p``; on a local disk through os.makedirs, whose OSError names the directory that failed."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+    else:
+        fs.create_dir(path, recursive=True)
 
 
 def _sha256_file(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
@@ -535,7 +550,7 @@ class StoreWriter:
         self._info: dict[str, dict] = {}  # rel path -> shard info written by this instance
         self._ids: dict[str, dict[str, set[str]]] = {k: {} for k in KINDS}  # kind -> rel -> ids
         for kind in KINDS:
-            self.fs.create_dir(_join(self.root, kind), recursive=True)
+            _create_dirs(self.fs, _join(self.root, kind))
         old = _read_json(self.fs, _join(self.root, MANIFEST), _shown(self.uri, MANIFEST))
         if old is not None and old.get("encoders") and self.encoders and \
                 json.dumps(old["encoders"], sort_keys=True) != json.dumps(self.encoders, sort_keys=True):

@@ -46,7 +46,7 @@ import numpy as np
 from e2i.checkpoint import MODEL_FILE, read_progress
 from e2i.config import TrainConfig, load_train_config, save_train_config, train_config_from_dict
 from e2i.errors import CheckpointError, E2IError
-from e2i.train_loop import run_training
+from e2i.train_loop import pick_device, run_training
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
@@ -140,6 +140,10 @@ def _train_loop_per_worker(config: dict) -> None:
     logger = EpochLogger(cfg, config["run_dir"], enabled=rank == 0, raw_stdout=True)
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint is not None else None  # local copy
+    if rank == 0:
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids()) or "none"
+        logger.say(f"{ray.train.get_context().get_world_size()} worker(s) on {pick_device(cfg).type} "
+                   f"(Ray GPU ids of rank 0: {gpus})")
     if resume_dir and rank == 0:
         logger.say(f"resuming after epoch {read_progress(resume_dir)['epoch']}")
 

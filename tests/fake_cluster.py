@@ -245,6 +245,25 @@ def _kill_group(proc: subprocess.Popen, marker: str, grace: float = 5.0) -> None
         proc.wait(timeout=10)
 
 
+def run_command(args: list[str], *, env: dict[str, str], timeout: float, marker: str, cwd: str | Path | None = None
+                ) -> subprocess.CompletedProcess:
+    """Run a command (e.g. `e2i train ...` starting its own Ray under the temp dir `marker`) in its own
+    process group and leave nothing behind: on timeout the group and every process naming `marker` are
+    killed (then TimeoutExpired is raised), and so are stragglers after a normal exit."""
+    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, marker)
+        raise
+    finally:
+        for pid in _pids_naming(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 @contextlib.contextmanager
 def ray_head(
     *,
@@ -339,3 +358,24 @@ def dashboard_json(head: RayHead, path: str) -> Any:
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def state_list(head: RayHead, kind: str) -> list[dict[str, Any]]:
+    """Ray's state API (what `ray list actors|nodes|placement-groups --detail` shows), dead entries
+    included: `kind` is "actors", "nodes", "placement_groups", ..."""
+    return dashboard_json(head, f"/api/v0/{kind}?detail=1&limit=10000")["data"]["result"]["result"]
+
+
+def node_type_names(head: RayHead, config: dict[str, Any]) -> dict[str, str]:
+    """{node id: node type} for every node the head has seen (alive or terminated), the workers told
+    apart by their (CPU, GPU) totals, which are distinct per type in `config` (`fake_autoscaling_config`)."""
+    shapes = {(spec["resources"].get("CPU", 0), spec["resources"].get("GPU", 0)): name
+              for name, spec in config["available_node_types"].items() if name != FAKE_HEAD_TYPE}
+    if len(shapes) != len(config["available_node_types"]) - 1:
+        raise ValueError(f"node types share a (CPU, GPU) shape: {sorted(config['available_node_types'])}")
+    out = {}
+    for node in state_list(head, "nodes"):
+        total = node.get("resources_total") or {}
+        out[node["node_id"]] = FAKE_HEAD_TYPE if node.get("is_head_node") else \
+            shapes.get((total.get("CPU", 0), total.get("GPU", 0)), f"unknown{total}")
+    return out

@@ -1,42 +1,48 @@
 """cluster.yaml's node types autoscale: on this machine with Ray's fake multi-node provider.
 
 A head with cluster.yaml's worker types (gpu_1x, gpu_4x; min_workers 0; fake GPUs, see
-tests/fake_cluster.py) and no CPUs of its own (as in cluster.yaml) starts with no workers. A driver
-then runs the two workload shapes of e2i on it:
+tests/fake_cluster.py) and no CPUs of its own (as in cluster.yaml) starts with no workers. The real
+commands then run against it as drivers, as a user runs them on the head (`RAY_ADDRESS` set):
 
-- caching: e2i cache's Ray Data pipeline whose embedding step is an actor pool of 2 actors x 1 GPU
-  -> the autoscaler adds gpu_1x nodes, not a gpu_4x;
-- fine-tuning: a 4 x 1-GPU STRICT_PACK placement group (a 4-worker TorchTrainer as for
-  `e2i finetune --num-workers 4 --use-gpu`, with `placement_strategy="STRICT_PACK"`) -> the
-  autoscaler adds a gpu_4x node. (Measured: with Ray Train's default PACK the same 4 bundles were
-  spread over four gpu_1x nodes, reusing the idle caching nodes: PACK is best effort, and only
-  STRICT_PACK makes the gang one 4-GPU machine.)
+- `e2i cache --use-gpu --num-actors 2 ...` on the toy corpus with the light encoders: the embedding
+  actor pool asks for 2 actors x 1 GPU although no GPU is up yet -> the autoscaler adds gpu_1x nodes
+  (and no gpu_4x), each embedding actor holds the GPU of a gpu_1x node;
+- `e2i finetune --num-workers 4 --use-gpu ...` with tiny random-weight PaSST + RoBERTa (one epoch of
+  two steps): Ray Train's STRICT_PACK placement group of 4 x {CPU 1, GPU 1} -> exactly one gpu_4x node,
+  all four workers on it. The caching nodes are still up (30 s idle timeout) when the gang is asked
+  for: with Ray Train's default PACK the 4 bundles land on them instead (measured: this test then
+  fails), only STRICT_PACK makes the gang one 4-GPU machine.
 
-and when the driver is gone the idle workers are terminated after the (shortened) idle timeout. The
-checks read the autoscaler's own decisions ("Adding 2 node(s) of type gpu_1x", "Removing ... (idle)")
-from its log, and where the work ran from the driver.
-
-The caching step runs e2i cache's own pipeline (`e2i.cache.embed_stream`: preprocess tasks + the
-EmbedBatch actor pool, light encoder, tiny toy corpus) with the pool `e2i.cache.pool_resources` builds
-for a 2-GPU cluster, not the `e2i cache` CLI: the CLI sizes its pool from the GPUs present when it
-starts (`ray.cluster_resources()`), and a cluster scaled to zero shows none, so it would ask for CPU
-actors and never make the autoscaler add a GPU node. The fine-tuning step is a plain placement group of the TorchTrainer's shape (a real 4-worker
-Lightning run is minutes on 2 cores); the autoscaler sees only resource requests either way. Run this
-file as a script to run the driver.
+Torch has no CUDA here, so both commands must fall back to CPU while Ray still schedules (fake) GPUs:
+the cache actors embed every row on CPU, the fine-tune workers train on CPU with gloo. When the
+commands are done the idle workers are terminated after the idle timeout. The checks read the
+autoscaler's own decisions ("Adding 2 node(s) of type gpu_1x", "Removing ... (idle)") from its log and
+where every actor and bundle ran from Ray's state API (`ray list actors/nodes/placement-groups`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from fake_cluster import fake_autoscaling_config, node_types, ray_head, wait_for
+from fake_cluster import (
+    fake_autoscaling_config,
+    node_type_names,
+    node_types,
+    ray_head,
+    state_list,
+    wait_for,
+)
+from test_finetune import cli_args as finetune_args
+from tiny_models import tiny_roberta
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "ray.head.default"
+E2I = str(Path(sys.executable).with_name("e2i"))  # the console script a user runs
 
 
 def test_fake_config_keeps_cluster_yaml_node_types():
@@ -61,37 +67,72 @@ def test_fake_config_keeps_cluster_yaml_node_types():
     assert fake["available_node_types"]["gpu_4x"]["resources"]["GPU"] == 4
 
 
+def _actors(head, class_name: str) -> list[dict]:
+    return [a for a in state_list(head, "actors") if a["class_name"] == class_name]
+
+
 @pytest.mark.slow
-def test_autoscaler_adds_the_right_node_types_and_removes_idle_ones(tmp_path):
-    cfg = fake_autoscaling_config(ROOT / "cluster.yaml", idle_timeout_minutes=0.1)  # 6 s idle
-    with ray_head(num_cpus=0, autoscaling_config=cfg) as head:
+def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
+    checkout = {"PYTHONPATH": str(ROOT)}  # the commands and every Ray worker import this checkout's e2i
+    corpus = tmp_path / "toy"
+    for split, n in (("development", 20), ("validation", 4), ("evaluation", 4)):
+        subprocess.run([E2I, "toy", "--root", str(corpus), "--n-items", str(n), "--split", split],
+                       check=True, capture_output=True, env={**os.environ, **checkout})
+    text_dir = tiny_roberta(tmp_path / "roberta")
+    # 30 s idle: the caching nodes are still up when the fine-tune asks for its gang (see above)
+    cfg = fake_autoscaling_config(ROOT / "cluster.yaml", idle_timeout_minutes=0.5)
+    with ray_head(num_cpus=0, autoscaling_config=cfg, env=checkout) as head:
         # min_workers is 0 for every worker type: only the head is up before any work arrives.
         assert wait_for(lambda: node_types(head), timeout=60, what="the first autoscaler report") == {HEAD: 1}
 
-        out = tmp_path / "placements.json"
-        res = head.run([sys.executable, __file__, str(out)], timeout=600)
-        assert res.returncode == 0, f"driver failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
-        got = json.loads(out.read_text())
+        # 1) e2i cache --use-gpu: 2 embedding actors x 1 GPU per phase (items, captions), on gpu_1x nodes
+        cache = head.run([E2I, "cache", "--metadata", str(corpus), "--split", "development",
+                          "--cache-dir", str(tmp_path / "stores"), "--audio-encoder", "logmel-stats",
+                          "--text-encoder", "ngram-hash", "--use-gpu", "--num-actors", "2", "--batch-size", "4"],
+                         timeout=400)
+        assert cache.returncode == 0, f"e2i cache failed:\n{cache.stdout[-3000:]}\n{cache.stderr[-5000:]}"
+        assert "pool 2 actor(s) x 1 GPU / 1.0 CPU" in cache.stdout, cache.stdout[-3000:]
+        manifest = json.loads((tmp_path / "stores" / "toy" / "development" / "manifest.json").read_text())
+        assert (manifest["counts"]["items"], manifest["counts"]["captions"]) == (20, 100), manifest["counts"]
+        kinds = node_type_names(head, cfg)
+        embedders = _actors(head, "MapWorker(MapBatches(EmbedBatch))")
+        assert len(embedders) == 4, embedders  # 2 per phase
+        assert all(a["required_resources"].get("GPU") == 1 for a in embedders), embedders
+        assert {kinds[a["node_id"]] for a in embedders} == {"gpu_1x"}, (embedders, kinds)
+        assert len({a["node_id"] for a in embedders}) >= 2, embedders  # one GPU per gpu_1x node
+        assert "gpu_4x" not in kinds.values(), kinds
 
-        # Caching: e2i cache's pool (2 actors x 1 GPU) ran, every clip embedded by an actor holding a
-        # (fake) GPU.
-        cache = got["cache"]
-        assert cache["pool"] == {"actors": 2, "num_gpus": 1}, cache
-        assert (cache["rows"], cache["errors"]) == (8, []), cache
-        assert cache["actor_gpu_ids"] and "" not in cache["actor_gpu_ids"], cache
-        # Fine-tuning: one 4-GPU gang (STRICT_PACK) -> one gpu_4x node holds all four bundles.
-        assert got["finetune"]["bundle_node_types"] == ["gpu_4x"] * 4, got
-        assert len(set(got["finetune"]["bundle_nodes"])) == 1, got
+        # 2) e2i finetune --num-workers 4 --use-gpu: one STRICT_PACK gang of 4 x 1 GPU -> one gpu_4x
+        out = tmp_path / "runs"
+        ft = head.run([E2I, *finetune_args(str(corpus), text_dir, out, "--num-workers", "4", "--use-gpu",
+                                           "--epochs", "1", "--subset", "4", "--limit-train-batches", "2")],
+                      timeout=600)
+        log = ft.stdout + ft.stderr
+        assert ft.returncode == 0, f"e2i finetune failed:\n{ft.stdout[-3000:]}\n{ft.stderr[-5000:]}"
+        assert "e2i finetune: 4 worker(s) on cpu (Ray GPU ids of rank 0: " in log, log[-5000:]
+        assert "; process group: gloo)" in log, log[-5000:]
+        report = json.loads((out / "tiny" / "evaluation_metrics.json").read_text())
+        assert report["trained"] == {"epoch": 1, "step": 2} and report["num_items"] == 4, report
+        kinds = node_type_names(head, cfg)
+        gangs = [g for g in state_list(head, "placement_groups") if len(g["bundles"]) == 4]
+        assert len(gangs) == 1, gangs  # the state API does not show the strategy; where it landed tells
+        bundles = gangs[0]["bundles"]
+        assert [b["unit_resources"] for b in bundles] == [{"CPU": 1.0, "GPU": 1.0}] * 4, bundles
+        assert [kinds[b["node_id"]] for b in bundles] == ["gpu_4x"] * 4, (bundles, kinds)
+        assert len({b["node_id"] for b in bundles}) == 1, bundles
+        workers = _actors(head, "RayTrainWorker")  # one per bundle, on the bundle's node
+        assert sorted((w["placement_group_id"], w["node_id"]) for w in workers) == \
+            [(gangs[0]["placement_group_id"], bundles[0]["node_id"])] * 4, workers
 
-        # The driver is gone: every worker is idle and is terminated after the idle timeout.
+        # The commands are done: every worker is idle and is terminated after the idle timeout.
         wait_for(lambda: node_types(head) == {HEAD: 1}, timeout=180, interval=2,
                  what="idle worker nodes to be terminated")
         events = head.autoscaler_events()
 
     # What the autoscaler did, in order. Caching added only gpu_1x nodes, at least one per GPU actor
-    # (Ray Data may also request CPUs for its preprocess tasks: cluster.yaml has no CPU-only worker
-    # type, so those are gpu_1x too, never the 4-GPU machine); fine-tuning added exactly one gpu_4x;
-    # every node added was removed as idle.
+    # (Ray Data also requests CPUs for its preprocess tasks: cluster.yaml has no CPU-only worker type,
+    # so those are gpu_1x too, never the 4-GPU machine); fine-tuning added exactly one gpu_4x; every
+    # node added was removed as idle.
     added = [(kind, n) for verb, kind, n in events if verb == "add"]
     first_4x = next(i for i, (kind, _) in enumerate(added) if kind == "gpu_4x")
     assert {kind for kind, _ in added[:first_4x]} == {"gpu_1x"}, events
@@ -100,54 +141,3 @@ def test_autoscaler_adds_the_right_node_types_and_removes_idle_ones(tmp_path):
     for kind in ("gpu_1x", "gpu_4x"):
         removed = sum(n for verb, k, n in events if verb == "remove" and k == kind)
         assert removed == sum(n for k, n in added if k == kind), events
-
-
-# --------------------------------------------------------------------------------------------------
-# The driver (run as `python tests/test_autoscaling.py OUT.json` with RAY_ADDRESS set).
-
-
-def _node_type() -> tuple[str, str]:
-    import ray
-
-    return os.environ.get("RAY_NODE_TYPE_NAME", "unknown"), ray.get_runtime_context().get_node_id()
-
-
-def _driver(out_path: str) -> None:
-    import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from e2i.cache import embed_stream, pool_resources
-    from e2i.encoders import get_encoder
-    from e2i.sources import read_corpus
-    from e2i.toy import make_toy_corpus
-
-    ray.init(log_to_driver=False)
-    # Caching: e2i cache's own Ray Data pipeline (preprocess CPU tasks -> EmbedBatch actor pool) on a
-    # tiny toy corpus with the light audio encoder, with the pool e2i cache builds for 2 GPUs.
-    corpus = read_corpus("clotho", make_toy_corpus(Path(out_path).parent / "toy", n_items=8))
-    rows = [{"item_id": it.item_id, "path": it.path} for it in corpus.items]
-    pool = pool_resources({"CPU": 8.0, "GPU": 2.0}, num_actors=2)  # 2 actors x {GPU: 1, CPU: 1}
-    batches = list(embed_stream(rows, get_encoder("logmel-stats"), "items", batch_size=2, resources=pool))
-    cache = {
-        "pool": {"actors": pool["compute"].max_size, "num_gpus": pool["num_gpus"]},
-        "rows": sum(len(b["item_id"]) for b in batches),
-        "errors": sorted({str(e) for b in batches for e in b["error"] if e}),
-        "actor_gpu_ids": sorted({str(g) for b in batches for g in b["_gpu_ids"]}),
-    }
-    print("cache:", cache, flush=True)
-
-    # Fine-tuning shape: 4 workers x 1 GPU on one machine.
-    pg = placement_group([{"CPU": 1, "GPU": 1}] * 4, strategy="STRICT_PACK")
-    ray.get(pg.ready(), timeout=300)
-    where = ray.remote(num_cpus=1, num_gpus=1)(_node_type)
-    placed = ray.get([where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote()
-                      for i in range(4)])
-    remove_placement_group(pg)
-    finetune = {"bundle_node_types": [t for t, _ in placed], "bundle_nodes": [n for _, n in placed]}
-    print("finetune:", finetune, flush=True)
-    Path(out_path).write_text(json.dumps({"cache": cache, "finetune": finetune}))
-
-
-if __name__ == "__main__":
-    _driver(sys.argv[1])

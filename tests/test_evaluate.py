@@ -4,15 +4,19 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from e2i.checkpoint import load_weights, save_weights
 from e2i.cli import main
-from e2i.config import TrainConfig, save_train_config
+from e2i.config import TrainConfig, load_train_config, save_train_config
 from e2i.errors import CheckpointError
 from e2i.evaluate import evaluate_run, resolve_run
+from e2i.heads import build_model
+from e2i.metrics import retrieval_metrics_bruteforce
 from e2i.plots import plot_training_curves
 from e2i.synthetic import make_synthetic_store
 from e2i.train import train_local
@@ -49,13 +53,39 @@ def run_dir(tmp_path_factory) -> Path:
     return Path(cfg.run_dir)
 
 
+def _reference_metrics(run_dir: Path) -> dict:
+    """The test split's metrics recomputed without evaluate_run or the store loader: the weights read from
+    best_model.safetensors, the split's parquet read with pyarrow, positives joined by item_id, and the
+    brute-force reference (full score matrix, stable argsort, explicit loops over relevant captions)."""
+    cfg = load_train_config(run_dir / "config.yaml")
+    split = Path(cfg.data.store) / cfg.data.test_split
+    items = pq.read_table(split / "items", columns=["item_id", "embedding"]).to_pydict()
+    caps = pq.read_table(split / "captions", columns=["item_id", "embedding"]).to_pydict()
+    row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
+    model = build_model(cfg.model, len(items["embedding"][0]), len(caps["embedding"][0]))
+    model.load_state_dict(load_file(str(run_dir / "best_model.safetensors")))
+    model.eval()
+    with torch.no_grad():
+        item_z = model.encode_items(torch.tensor(items["embedding"])).numpy()
+        cap_z = model.encode_captions(torch.tensor(caps["embedding"])).numpy()
+    cap_item = np.array([row_of[item_id] for item_id in caps["item_id"]])
+    top1 = np.argmax(cap_z @ item_z.T, axis=1)  # text->item R@1 by hand, too
+    return {**retrieval_metrics_bruteforce(item_z, cap_z, cap_item, ci=False),
+            "by_hand/recall@1": float(np.mean(top1 == cap_item))}
+
+
 def test_evaluate_writes_metrics_with_cis_and_plots(run_dir):
-    result = evaluate_run(run_dir, max_plot_items=40)
+    evaluate_run(run_dir, max_plot_items=40)
     out = run_dir / "evaluation_results"
     saved = json.loads((out / "test_metrics.json").read_text())
-    assert saved == json.loads(json.dumps(result))
     assert (saved["split"], saved["num_items"], saved["num_captions"]) == ("test", 50, 250)
+    assert saved["checkpoint"] == str(run_dir / "best_model.safetensors")
     m = saved["metrics"]
+    # the numbers in the file are the test split's under the saved weights
+    want = _reference_metrics(run_dir)
+    assert m["text_to_item/recall@1"] == pytest.approx(want.pop("by_hand/recall@1"))
+    for key, value in want.items():
+        assert m[key] == pytest.approx(value, abs=1e-6), key
     for direction in ("text_to_item", "item_to_text"):
         for name in ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank"):
             key = f"{direction}/{name}"

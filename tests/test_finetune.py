@@ -214,7 +214,9 @@ def test_config_file_flags_and_errors(tmp_path):
         "bf16-mixed",
     )
     assert (cfg.epochs, cfg.warmup_epochs, cfg.max_lr, cfg.grad_clip_norm) == (20, 1.0, 3e-6, 1.0)
-    assert cfg == ft.FinetuneConfig()  # the shipped YAML documents the built-in defaults
+    # the shipped YAML documents the built-in defaults (local paths resolved against the cwd at load)
+    assert cfg == ft.resolve_finetune_paths(ft.FinetuneConfig())
+    assert cfg.data_root == str(Path.cwd() / "data" / "CLOTHO_v2.1") and cfg.text_model == "roberta-large"
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch_sise: 4\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: batch_sise: unknown key"):
@@ -309,11 +311,13 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(toy_root, text_dir, tm
 
 
 def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """One scalar series as a user sees it: the real `tensorboard --logdir` server, over HTTP."""
+    from servers import get_json, tensorboard, tensorboard_scalars
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    with tensorboard(run_dir / "tensorboard") as url:
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        return [point for run, run_tags in tags.items() if tag in run_tags
+                for point in tensorboard_scalars(url, run, tag)]
 
 
 @pytest.mark.slow

@@ -22,11 +22,19 @@ def test_model_outputs_unit_norm_embeddings_in_shared_space(head):
     model = build_model(ModelConfig(type=head, **SMALL), item_dim=10, caption_dim=7)
     assert isinstance(model, ContrastiveModel)
     assert isinstance(model.item_head, HEADS[head]) and isinstance(model.caption_head, HEADS[head])
-    item_z, cap_z = model(torch.randn(5, 10), torch.randn(5, 7))
+    x, c = torch.randn(5, 10), torch.randn(5, 7)
+    item_z, cap_z = model(x, c)
     assert item_z.shape == cap_z.shape == (5, 16)
     torch.testing.assert_close(item_z.norm(dim=1), torch.ones(5))
     torch.testing.assert_close(cap_z.norm(dim=1), torch.ones(5))
-    torch.testing.assert_close(model.encode_items(torch.ones(2, 10)), model.encode_items(torch.ones(2, 10)))
+    # each side is its own head's output, only rescaled (same direction)
+    torch.testing.assert_close(F.cosine_similarity(item_z, model.item_head(x)), torch.ones(5))
+    torch.testing.assert_close(F.cosine_similarity(cap_z, model.caption_head(c)), torch.ones(5))
+    # row by row: evaluation embeds a split in chunks, which must give the rows of one big batch
+    torch.testing.assert_close(torch.cat([model.encode_items(x[:2]), model.encode_items(x[2:])]), item_z)
+    torch.testing.assert_close(torch.cat([model.encode_captions(c[:3]), model.encode_captions(c[3:])]), cap_z)
+    off_diagonal = (item_z @ item_z.T - torch.eye(5)).abs().max()
+    assert off_diagonal < 0.999  # different inputs, different embeddings (no collapse to one point)
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))

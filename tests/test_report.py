@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
+from servers import get_json, optuna_dashboard
 
 from e2i.cli import main
 from e2i.errors import E2IError
@@ -77,6 +78,35 @@ def test_leaderboard_ranks_complete_then_pruned_and_plots(tmp_path, capsys):
     importances, reason = param_importances(study)
     assert {"model.type", "optim.lr"} <= set(importances) <= set(DISTS) and not reason
     assert abs(sum(importances.values()) - 1) < 1e-6
+
+
+def test_optuna_dashboard_serves_the_experiment_study(tmp_path):
+    """`optuna-dashboard sqlite:///<experiment>/optuna.db` as a user starts it: the study, every trial with
+    its state, value and per-epoch curve as the study holds them, and as best trial the one `e2i report`
+    ranks first."""
+    trials = [
+        _trial(TrialState.COMPLETE, {1: 0.30, 2: 0.40, 3: 0.45}, lr=1e-3),
+        _trial(TrialState.PRUNED, {1: 0.10}, lr=5e-3),
+        _trial(TrialState.COMPLETE, {1: 0.35, 2: 0.50, 3: 0.55}, head="siglip", lr=2e-3),
+        _trial(TrialState.FAIL, {}, lr=1e-4),
+    ]
+    exp, study = _experiment(tmp_path, trials)
+    leader = ranked(trial_rows(study, read_tune_results(str(exp / "tune" / "toy"))), "max")[0].number
+    with optuna_dashboard(f"sqlite:///{exp / 'optuna.db'}") as url:
+        studies = get_json(f"{url}/api/studies")["study_summaries"]
+        assert [(s["study_name"], s["directions"]) for s in studies] == [("toy", ["maximize"])], studies
+        detail = get_json(f"{url}/api/studies/{studies[0]['study_id']}")
+    served = {t["number"]: t for t in detail["trials"]}
+    assert sorted(served) == [t.number for t in study.trials] == [0, 1, 2, 3]
+    for t in study.trials:
+        got = served[t.number]
+        assert got["state"] == t.state.name.capitalize(), got
+        assert got.get("values") == ([t.value] if t.state == TrialState.COMPLETE else None), got
+        assert {v["step"]: v["value"] for v in got["intermediate_values"]} == t.intermediate_values, got
+        assert {p["name"]: p["param_external_value"] for p in got["params"]} == {k: str(v) for k, v in t.params.items()}
+    assert [served[n]["state"] for n in range(4)] == ["Complete", "Pruned", "Complete", "Fail"]
+    assert served[1]["user_attrs"] == [{"key": "stopped_by", "value": "asha"}]
+    assert [t["number"] for t in detail["best_trials"]] == [leader] == [2]
 
 
 def test_tune_result_files_give_learning_curves(tmp_path):

@@ -1,29 +1,37 @@
 """Training: the per-worker loop without Ray, data-parallel equivalence, resume, and Ray Train runs.
 
-Ray Train runs cost ~20 s of worker start each, so the suite has three: `e2i train --seeds 0,1`
-(1 worker each: all outputs + mean ± std) and one 2-worker resume of seed 1's run.
+Ray Train runs cost ~20 s of worker start each, so the suite has four: `e2i train --seeds 0,1`
+(1 worker each: all outputs, TensorBoard served, mean ± std), one 2-worker resume of seed 1's run, and
+`e2i train --use-gpu` in a subprocess whose own Ray has no GPU (the CPU fallback).
 """
 
 import itertools
 import json
 import math
+import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fake_cluster import run_command
+from servers import get_json, tensorboard, tensorboard_scalars
 
 from e2i.checkpoint import read_progress
 from e2i.cli import build_parser, main
-from e2i.config import TrainConfig, save_train_config
+from e2i.config import TrainConfig, load_train_config, resolve_config_paths, save_train_config
 from e2i.errors import CheckpointError
 from e2i.store import load_split
 from e2i.synthetic import make_synthetic_store, synthetic_splits
 from e2i.train import config_from_args, epoch_checkpoints, fit, seed_summary
 from e2i.train_loop import global_batches, lr_at, run_training
 
+ROOT = Path(__file__).resolve().parents[1]
+E2I = str(Path(sys.executable).with_name("e2i"))  # the console script a user runs
 NATURAL_LOSS = {
     "siglip": "sigmoid_infonce",
     "clip": "softmax_infonce",
@@ -314,7 +322,8 @@ def test_cli_flags_override_the_config(tmp_path):
     ) == (True, "p", "e", "r")
     assert cfg.run_dir == f"{tmp_path / 'o'}/c"
     plain = config_from_args(build_parser("train").parse_args(["train", str(path)]))
-    assert plain == TrainConfig(name="c")  # flags not given leave the file's values
+    # flags not given leave the file's values (its local paths resolved against the cwd, as at every load)
+    assert plain == resolve_config_paths(TrainConfig(name="c")) and plain.output_dir == str(Path.cwd() / "results")
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
@@ -351,6 +360,38 @@ def test_gpu_request_falls_back_to_cpu_torch(ray_local):
     assert _gpu_request(cfg) == (True, 1.0, "gloo")
     assert _gpu_request(TrainConfig()) == (False, 0.0, "gloo")
     assert pick_device(cfg).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
+def test_use_gpu_on_a_ray_without_gpus_trains_on_cpu(tmp_path):
+    """`e2i train CONFIG --use-gpu` where Ray has no GPU at all (its own local Ray, started by e2i in a
+    subprocess; the suite's Ray has 2 logical GPUs): the warning, no GPU requested for the worker,
+    the loop on CPU, and the run completes."""
+    store = make_synthetic_store(tmp_path / "store", n_items=120, item_dim=16, caption_dim=12,
+                                 splits={"train": 80, "val": 40}, seed=3)
+    cfg = small_cfg(store, **{"name": "nogpu", "model.type": "mlp", "loss.type": "softmax_infonce",
+                              "optim.epochs": 2})
+    save_train_config(cfg, tmp_path / "nogpu.yaml")
+    ray_tmp = tempfile.mkdtemp(prefix="e2i-ray-", dir="/tmp")  # own Ray: never joins another on this machine
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    try:  # without the fallback the run waits for a GPU forever: the timeout fails the test
+        res = run_command([E2I, "train", str(tmp_path / "nogpu.yaml"), "--use-gpu", "--no-evaluate",
+                           "--output-dir", str(tmp_path / "runs")], env=env, cwd=tmp_path, timeout=180, marker=ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-5000:]
+    warned = [line for line in log.splitlines()
+              if line.endswith("UserWarning: scaling.use_gpu: the Ray cluster has no GPUs; training on CPU")]
+    assert len(warned) == 1, log[-5000:]
+    assert "[nogpu] 1 worker(s) on cpu (Ray GPU ids of rank 0: none)" in log, log[-5000:]
+    assert "[nogpu] done: 2 epochs" in res.stdout, log[-5000:]
+    run = tmp_path / "runs" / "nogpu"
+    assert load_train_config(run / "config.yaml").scaling.use_gpu is True  # the flag was taken, then fell back
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and "test" not in metrics
+    assert math.isfinite(metrics["best_metric"]) and epoch_checkpoints(run)
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +438,24 @@ def test_fit_writes_the_run_directory(seed_runs):
     assert len(metrics["test"]["text_to_item/recall@1/ci95"]) == 2
     assert epoch_checkpoints(run)  # Ray kept the best/latest checkpoints in the run dir
     assert (run / "checkpoints" / "checkpoint_manager_snapshot.json").is_file()
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_every_epoch_of_both_seeds(seed_runs):
+    """`tensorboard --logdir <run>` as a user starts it: both seeds' runs, every numeric metric of
+    metrics.json as a scalar tag, one point per epoch with the value of that epoch."""
+    histories = {f"seed{s}/tensorboard": json.loads((seed_runs / f"seed{s}" / "metrics.json").read_text())["history"]
+                 for s in (0, 1)}
+    with tensorboard(seed_runs, runs=2) as url:
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        assert set(tags) == set(histories), tags
+        for run, history in histories.items():
+            numeric = {k for k, v in history[0].items() if isinstance(v, (int, float)) and k != "epoch"}
+            assert set(tags[run]) == numeric, (run, sorted(tags[run]))
+            for tag in ("train/loss", "val/loss", "val/mAP@10", "val/recall@1", "lr", "logit_scale"):
+                points = tensorboard_scalars(url, run, tag)
+                assert [step for step, _ in points] == [h["epoch"] for h in history], (run, tag)
+                assert [v for _, v in points] == pytest.approx([h[tag] for h in history], rel=1e-6), (run, tag)
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@ driver resumed with --resume, and Tune storage on a real S3-compatible server.""
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,22 +156,9 @@ def test_budget_and_study_repair_on_restore(tmp_path):
 # A small search in the session's Ray instance
 
 
-def _dashboard_get(url: str, path: str) -> dict:
-    """GET through optuna-dashboard's WSGI app (its storage loader reads our study)."""
-    import optuna_dashboard
-
-    app = optuna_dashboard.wsgi(url)
-    status = {}
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
-           "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
-    body = b"".join(app(env, lambda s, h, e=None: status.setdefault("s", s)))
-    assert status["s"].startswith("200"), status
-    return json.loads(body)
-
-
 @pytest.mark.slow
 def test_small_search_end_to_end(ray_local, syn_store, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from servers import get_json, optuna_dashboard, tensorboard, tensorboard_scalars
 
     from e2i.train import run_training
     from e2i.train_loop import load_data
@@ -204,22 +191,24 @@ def test_small_search_end_to_end(ray_local, syn_store, tmp_path):
     for name in ("optimization_history", "param_importances", "parallel_coordinates", "asha_learning_curves"):
         assert (exp / "report" / f"{name}.png").stat().st_size > 1000
 
-    # TensorBoard events for every trial, with the objective per epoch
+    # `tensorboard --logdir <tune dir>` (the real server, over HTTP) shows every trial, with the
+    # objective per epoch (TensorBoard writes @ as _)
     trial_dirs = [d for d in (exp / "tune" / "small").iterdir() if d.is_dir()]
     assert len(trial_dirs) == 4
-    for d in trial_dirs:
-        events = list(d.glob("events.out.tfevents.*"))
-        assert events, f"no TensorBoard events in {d}"
-        acc = EventAccumulator(str(d))
-        acc.Reload()
-        epochs = json.loads((d / "result.json").read_text().splitlines()[-1])["epoch"]
-        assert len(acc.Scalars("ray/tune/best/val/mAP_10")) == epochs  # TensorBoard writes @ as _
+    with tensorboard(exp / "tune" / "small", runs=4) as url:
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        assert sorted(tags) == sorted(d.name for d in trial_dirs)
+        for d in trial_dirs:
+            epochs = json.loads((d / "result.json").read_text().splitlines()[-1])["epoch"]
+            assert len(tensorboard_scalars(url, d.name, "ray/tune/best/val/mAP_10")) == epochs
 
-    # optuna-dashboard's storage loader reads the study
-    studies = _dashboard_get(f"sqlite:///{exp / 'optuna.db'}", "/api/studies")["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["small"]
-    detail = _dashboard_get(f"sqlite:///{exp / 'optuna.db'}", f"/api/studies/{studies[0]['study_id']}")
-    assert len(detail["trials"]) == 4
+    # `optuna-dashboard sqlite:///…/optuna.db --port N` serves the study with its 4 trials
+    with optuna_dashboard(f"sqlite:///{exp / 'optuna.db'}") as url:
+        studies = get_json(f"{url}/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["small"]
+        detail = get_json(f"{url}/api/studies/{studies[0]['study_id']}")
+        assert len(detail["trials"]) == 4
+        assert sorted(t["state"] for t in detail["trials"]) == sorted(t.state.name.capitalize() for t in trials)
 
     # a second run refuses to mix into the existing experiment
     with pytest.raises(E2IError, match="--resume"):
@@ -283,30 +272,44 @@ def _states(url: str, name: str) -> dict[str, int]:
     return out
 
 
-def _run_until_finished(proc: subprocess.Popen, url: str, study_name: str, n: int, timeout: float = 400) -> dict:
-    """Poll the study until n trials finished; returns {number: FrozenTrial} of the finished ones."""
+def _kill_at_an_orphan(proc: subprocess.Popen, url: str, study_name: str, timeout: float = 400) -> tuple[dict, int]:
+    """Poll the study and SIGKILL the driver (with its Ray) as soon as a trial was PRUNED and another one is
+    RUNNING without a reported epoch: asked by the searcher but in no experiment snapshot yet (snapshots
+    follow trial checkpoints, and a trial checkpoints with each epoch it reports), so after the kill it
+    is an orphan. Returns ({number: FrozenTrial} of the finished trials, the orphan's number)."""
     deadline = time.monotonic() + timeout
-    finished: dict = {}
-    while time.monotonic() < deadline and proc.poll() is None and len(finished) < n:
-        time.sleep(0.5)
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
         try:
             trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
         except Exception:  # noqa: BLE001, S112 - db or study not created yet
             continue
-        finished = {t.number: t for t in trials if t.state.is_finished()}
-    return finished
+        fresh = [t.number for t in trials if t.state == TrialState.RUNNING and not t.intermediate_values]
+        if fresh and any(t.state == TrialState.PRUNED for t in trials):
+            _kill_group(proc)
+            return {t.number: t for t in trials if t.state.is_finished()}, fresh[0]
+    raise AssertionError(f"no moment with a pruned trial and a fresh running one (driver exit code {proc.poll()})")
+
+
+NUM_SAMPLES = 5
 
 
 @pytest.mark.slow
 def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp):
-    """Tune storage on a real S3-compatible server; the driver (and its Ray) is SIGKILLed after two
-    trials finished, then `e2i tune --resume` completes the budget with the study consistent."""
+    """Tune storage on a real S3-compatible server; the driver (and its Ray) is SIGKILLed after a trial
+    was pruned, while the next trial is running, then `e2i tune --resume` completes the budget: finished
+    trials kept, the running one marked FAIL as an orphan and its point re-run, nothing counted twice."""
     import pyarrow.fs as pafs
     from s3_server import create_bucket, run_moto_server, s3_env
 
     store = make_synthetic_store(tmp_path / "store", n_items=600, seed=1)
-    path = _space_file(tmp_path, store, name="resumable", scheduler={"type": "fifo", "max_t": 4},
-                       search={"num_samples": 6, "n_startup_trials": 3},
+    # one trial at a time (no other trial's checkpoint snapshots the experiment while a new trial starts),
+    # ASHA with a rung after epoch 1, and lr 1e-7 (learns nothing) vs 5e-3: random sampler seed 0 draws
+    # lr 1e-7, 5e-3, 1e-7, ...: trial 2 is below the cutoff of the rung where trial 1 is: PRUNED for sure
+    path = _space_file(tmp_path, store, name="resumable", scheduler={"type": "asha", "max_t": 3},
+                       space={"optim.lr": {"choice": [5.0e-3, 1.0e-7]}},
+                       search={"num_samples": NUM_SAMPLES, "max_concurrent_trials": 1, "sampler": "random",
+                               "seed": 0},
                        base={"data": {"store": str(store)}, "model": {"output_dim": 64, "hidden_dim": 256},
                              "optim": {"batch_size": 32, "early_stopping_patience": 0}})
     exp = tmp_path / "results" / "resumable"
@@ -314,16 +317,18 @@ def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp
     secret = "e2i-test-secret-" + os.urandom(6).hex()
     s3_args = ["--storage-path", "s3://e2i-tune/experiments"]
     with run_moto_server() as endpoint:
-        env = {**s3_env(endpoint), "AWS_SECRET_ACCESS_KEY": secret}
+        # snapshots only after trial checkpoints (Tune's periodic one, every >= 10 s, could catch the
+        # trial between its start and its first epoch)
+        env = {**s3_env(endpoint), "AWS_SECRET_ACCESS_KEY": secret, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
         create_bucket(endpoint, "e2i-tune")
         proc = _driver(tmp_path, ray_tmp, [str(path), *s3_args, "--no-report"], env)
-        finished = _run_until_finished(proc, url, "resumable", 2)
-        assert proc.poll() is None, "the search ended before it could be killed: make the trials longer"
-        _kill_group(proc)
-        before = _states(url, "resumable")
-        assert 2 <= before.get("COMPLETE", 0) < 6
+        finished, orphan = _kill_at_an_orphan(proc, url, "resumable")
+        assert [finished[n].params["optim.lr"] for n in (0, 1, 2)] == [1.0e-7, 5.0e-3, 1.0e-7]  # seed 0's draws
+        assert finished[2].state == TrialState.PRUNED and finished[2].user_attrs["stopped_by"] == "asha"
+        assert orphan == max(finished) + 1 and len(finished) < NUM_SAMPLES
 
-        _wait(_driver(tmp_path, ray_tmp, [str(path), *s3_args, "--resume"], env), tmp_path)
+        resumed = _driver(tmp_path, ray_tmp, [str(path), *s3_args, "--resume"], env)
+        _wait(resumed, tmp_path)
         fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http",
                                access_key="testing", secret_key=secret, region="us-east-1")
         files = [f for f in fs.get_file_info(pafs.FileSelector("e2i-tune/experiments/resumable", recursive=True))
@@ -338,19 +343,31 @@ def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp
     after = {t.number: t for t in study.get_trials()}
     states = _states(url, "resumable")
     assert states.get("RUNNING", 0) == 0 and states.get("WAITING", 0) == 0
-    assert states["COMPLETE"] == 6
-    for t in after.values():  # the only failures are orphans (asked after Tune's last snapshot)
-        if t.state == TrialState.FAIL:
-            assert t.user_attrs[FAIL_REASON] == FAIL_REASON_ORPHAN
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == NUM_SAMPLES and states["PRUNED"] >= 1
+    # the trial running at the kill: FAIL as an orphan, its parameters re-run by a later trial
+    assert [n for n, t in after.items() if t.state == TrialState.FAIL] == [orphan]
+    assert after[orphan].user_attrs[FAIL_REASON] == FAIL_REASON_ORPHAN
+    requeued = [t for t in after.values() if t.user_attrs.get("e2i:requeued_from") == orphan]
+    assert len(requeued) == 1 and requeued[0].number > orphan and requeued[0].params == after[orphan].params
+    assert requeued[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     for number, t in finished.items():  # finished trials were not re-run
         assert after[number].state == t.state and after[number].value == t.value
         assert after[number].datetime_complete == t.datetime_complete
-    tune_ids = [t.user_attrs["tune_trial_id"] for t in after.values() if t.state == TrialState.COMPLETE]
-    assert len(set(tune_ids)) == 6
+    counted = [t for t in after.values() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len({t.user_attrs["tune_trial_id"] for t in counted}) == NUM_SAMPLES
+    # what the resumed driver told the user
+    log = max(tmp_path.glob("driver-*.log"), key=lambda p: int(p.stem.split("-")[1])).read_text()
+    assert re.search(r"^e2i tune: study repaired on resume: \{'failed_orphans': 1, 'finished_elsewhere': \d\}$",
+                     log, re.MULTILINE), log[-3000:]
+    assert re.search(rf"^e2i tune resumable: complete {states['COMPLETE']}, fail 1, pruned {states['PRUNED']} "
+                     r"in \d+s; best trial \d+: val/mAP@10 \d\.\d{4} -> .*best_config\.yaml; report: ",
+                     log, re.MULTILINE), log[-3000:]
 
     # Tune's experiment, trials, checkpoints and TensorBoard events are on S3
     assert any(n.endswith("/tuner.pkl") for n in names)
-    assert sum(n.endswith("/result.json") for n in names) >= 6
+    # results of every trial the resumed driver ran (the killed driver's last uploads may be lost with it)
+    with_results = {n.split("/")[-2].split("_")[2] for n in names if n.endswith("/result.json")}  # trial_main_<id>_
+    assert {t.user_attrs["tune_trial_id"] for number, t in after.items() if number > orphan} <= with_results
     assert any("/checkpoint_" in n for n in names) and any("events.out.tfevents" in n for n in names)
     info = json.loads((exp / "experiment.json").read_text())
     assert info["tune_experiment"] == "s3://e2i-tune/experiments/resumable"

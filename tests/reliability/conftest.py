@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reliability_helpers import ray_sessions
 
 from e2i.config import TrainConfig, save_train_config
 
@@ -41,3 +48,26 @@ def trained_run(rel_config) -> Path:
     cfg = load_train_config(rel_config)
     train_local(cfg, evaluate=False)
     return Path(cfg.run_dir)
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[str]:
+    """A fresh, short RAY_TMPDIR for a command run in a subprocess (Ray's socket paths must stay < 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="e2i-ray-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_start_is_visible() -> None:
+    """Checks that "no session under RAY_TMPDIR" really means "Ray did not start": a process that starts Ray
+    with RAY_TMPDIR set leaves a session directory there (if a Ray version stopped doing so, the absence
+    would prove nothing)."""
+    path = tempfile.mkdtemp(prefix="e2i-ray-")
+    try:
+        start = "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.shutdown()"
+        subprocess.run([sys.executable, "-c", start], env={**os.environ, "RAY_TMPDIR": path}, check=True,
+                       capture_output=True, timeout=120)
+        assert ray_sessions(path), f"ray.init() left no session_* under RAY_TMPDIR={path}"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

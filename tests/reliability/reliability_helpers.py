@@ -1,8 +1,9 @@
 """Helpers of the reliability suite: run the CLI and check its error contract, find our own
 processes (to kill them), small corpora with bad rows, and small tmpfs mounts (disk full / read-only filesystem).
 
-The CLI contract checked here (see e2i.cli): a user error prints exactly one line
-``e2i: error: <message naming the file/row/field>`` on stderr, no traceback, and a non-zero exit code.
+The CLI contract checked here (see e2i.cli): an error prints exactly one line
+``e2i: error: <message naming the file/row/field>`` on stderr, no traceback, and exits 2 for a user error,
+1 for an I/O error (disk full, read-only, unreachable storage).
 """
 
 from __future__ import annotations
@@ -49,17 +50,26 @@ def run_module(argv: list[str], *, env: dict | None = None, timeout: float = 300
 _LOGGING_ERROR = re.compile(r"--- Logging error ---\n.*?\nArguments: [^\n]*\n", re.DOTALL)
 
 
-def error_line(code: int, err: str, *needles: str) -> str:
-    """Check the one-line error contract and that the message names ``needles``; returns the message."""
-    assert code != 0, f"expected a failure, got exit code 0; stderr: {err[-2000:]}"
+def error_line(code: int, err: str, *needles: str, exit_code: int, full: str | None = None) -> str:
+    """Check the one-line error contract: exit code ``exit_code`` (2 user error, 1 I/O error), no traceback,
+    exactly one ``e2i: error: `` line, which names ``needles`` and, given ``full`` (a regex), is exactly
+    that line (``re.fullmatch``). Returns the line."""
     err = _LOGGING_ERROR.sub("", err)
+    assert code == exit_code, f"expected exit code {exit_code}, got {code}; stderr: {err[-2000:]}"
     assert "Traceback" not in err, err[-4000:]
     lines = [line for line in err.splitlines() if line.startswith("e2i: error: ")]
     assert len(lines) == 1, f"expected one 'e2i: error:' line, got {len(lines)}: {err[-3000:]}"
     message = lines[0]
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
+    if full is not None:
+        assert re.fullmatch(full, message), f"{message!r} is not {full!r}"
     return message
+
+
+def ray_sessions(ray_tmp: str | Path) -> list[Path]:
+    """The Ray sessions started with ``RAY_TMPDIR=ray_tmp``: ray.init makes ``<RAY_TMPDIR>/ray/session_*``."""
+    return sorted(Path(ray_tmp).rglob("session_*"))
 
 
 # ----------------------------------------------------------------------------------------- processes

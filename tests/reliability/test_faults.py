@@ -2,9 +2,9 @@
 mid-run, a disk that fills up, a read-only or impossible output directory.
 
 Covered elsewhere (not repeated here, see the README table): the cache driver SIGKILLed and re-run
-(tests/test_cache.py::test_sigkill_part_way_then_resume_gives_the_uninterrupted_result), the tune driver
-SIGKILLed and resumed (tests/test_tune.py::test_killed_driver_resumes_same_experiment_and_study), mirror
-retries with backoff (tests/test_mirror.py).
+(tests/test_cache.py::test_sigkill_part_way_then_resume_gives_the_uninterrupted_result), the tune
+driver SIGKILLed and resumed (tests/test_tune.py::test_killed_driver_resumes_same_experiment_and_study_on_s3),
+mirror retries with backoff (tests/test_mirror.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from reliability_helpers import LIGHT_FLAGS, error_line, own_processes_named, run_cli, tmpfs_mount, tree_files
+from reliability_helpers import (
+    LIGHT_FLAGS,
+    error_line,
+    own_processes_named,
+    ray_sessions,
+    run_cli,
+    run_module,
+    tmpfs_mount,
+    tree_files,
+)
 
 from e2i.config import TrainConfig, load_train_config, save_train_config
 from e2i.store import load_split, open_fs, verify_store
@@ -112,7 +121,11 @@ def test_killed_train_worker_restarts_from_its_last_checkpoint(ray_local, tmp_pa
         killer.join()
     assert killer.killed, "no Ray Train worker of this process was found to kill"
     assert code == 0, err[-3000:]
-    assert f"done: {EPOCHS} epochs" in out
+    # what the user sees (README): Ray's notice of the dead worker, then the run's last line
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # without colours
+    assert "(raylet) A worker died or was killed while executing a task by an unexpected system error" in plain
+    assert re.search(rf"^\[victim\] done: {EPOCHS} epochs, best val/mAP@10 \d\.\d{{4}} at epoch \d+ -> "
+                     rf"{re.escape(str(run_dir))}$", out, re.MULTILINE), out[-3000:]
 
     # the history: every epoch exactly once, optimizer steps continue (no epoch trained twice or skipped)
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
@@ -191,7 +204,6 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
     completes the remote copy."""
     from s3_server import _free_port, create_bucket, s3_env
 
-    from e2i import cache
     from e2i.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=16, seed=5)
@@ -204,30 +216,30 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
         create_bucket(endpoint, "e2i-rel")
         stopper = StopServerOnFirstUpload(server, endpoint, "e2i-rel")
         stopper.start()
-        try:  # fast retries (the CLI's default is 4 attempts with 1, 2, 4 s waits)
-            summary = cache.cache_corpus(toy, cache_dir=tmp_path / "stores", batch_size=8, shard_size=8,
-                                         mirror="s3://e2i-rel/stores", upload_every=24, mirror_attempts=2,
-                                         mirror_backoff=0.05, audio_encoder="logmel-stats", text_encoder="ngram-hash")
+        args = ["cache", "--metadata", str(toy), "--cache-dir", str(tmp_path / "stores"), *CACHE_FLAGS,
+                "--mirror", "s3://e2i-rel/stores"]
+        try:  # a sync every 48 embedded rows and one at the end (each retried 4 times: 1+2+4 s waits)
+            code, out, err = run_cli([*args, "--upload-every", "48"], capsys)
         finally:
             stopper.done.set()
             stopper.join()
         assert stopper.stopped, "the server was not stopped during the run"
-        out = capsys.readouterr().out
-        mirror = summary["mirror"]
-        assert mirror["failed"], mirror  # the syncs after the outage failed (after their retries) ...
-        assert "FAILED" in out and "mirror s3://e2i-rel/stores/toy/development" in out  # ... and were reported
+        # the store is done, the uploads after the outage failed (after their retries): reported, exit 1
+        assert code == 1, err[-3000:]
+        flat = " ".join(out.split())  # rich may wrap long lines
+        assert re.search(r"mirror s3://e2i-rel/stores/toy/development: \d+ file\(s\) uploaded in \d+ sync\(s\), "
+                         r"[1-9]\d* FAILED: \S+: OSError: ", flat), out[-3000:]
         local = tmp_path / "stores" / "toy" / "development"
         assert verify_store(local) == []  # the local copy is complete and intact
-        assert summary["counts"] == {"items": 16, "captions": 80, "rejected": 0}
+        assert _table_row(out, "embedded now") == [16, 80]
         before = {k: v for k, v in tree_files(local).items() if k.startswith(("items/", "captions/"))}
 
         # the server is back (same endpoint; moto keeps objects in memory, so the bucket starts empty)
         server = _start_moto(port)
         create_bucket(endpoint, "e2i-rel")
-        code, out, err = run_cli(["cache", "--metadata", str(toy), "--cache-dir", str(tmp_path / "stores"),
-                                  *CACHE_FLAGS, "--mirror", "s3://e2i-rel/stores"], capsys)
+        code, out, err = run_cli(args, capsys)
         assert code == 0, err[-3000:] + out[-3000:]
-        assert "FAILED" not in out
+        assert "FAILED" not in out and _table_row(out, "embedded now") == [0, 0]
         assert {k: v for k, v in tree_files(local).items() if k.startswith(("items/", "captions/"))} == before
         remote = "s3://e2i-rel/stores/toy/development"
         assert verify_store(remote) == []
@@ -239,22 +251,32 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
         _stop(server)
 
 
+def _unreachable(key: str, port: int) -> str:
+    """The line of a command whose first read of ``s3://e2i-rel/<key>`` finds no server at ``port``
+    (pyarrow's S3 message, as the README shows it)."""
+    return (rf"e2i: error: When getting information for key '{re.escape(key)}' in bucket 'e2i-rel': AWS Error "
+            r"NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Could not connect to server; Details: "
+            rf"Failed to connect to 127\.0\.0\.1:{port} after \d+ ms: Could not connect to server")
+
+
 def test_unreachable_object_storage_is_one_line(rel_store, tmp_path, capsys, monkeypatch):
-    """Nothing listens at the endpoint: commands that read s3:// stop with one line, no traceback."""
+    """Nothing listens at the endpoint: commands that read s3:// stop with one line naming the key and the
+    endpoint, exit 1 (an I/O error), no traceback, nothing written."""
     from s3_server import _free_port, s3_env
 
-    for key, value in s3_env(f"http://127.0.0.1:{_free_port('127.0.0.1')}").items():
+    port = _free_port("127.0.0.1")
+    for key, value in s3_env(f"http://127.0.0.1:{port}").items():
         monkeypatch.setenv(key, value)
     code, _, err = run_cli(["store", "verify", "s3://e2i-rel/stores"], capsys)
-    error_line(code, err, "e2i-rel")
+    error_line(code, err, exit_code=1, full=_unreachable("stores/manifest.json", port))
     code, _, err = run_cli(["split", "s3://e2i-rel/stores/syn/all", "--out", str(tmp_path / "out")], capsys)
-    error_line(code, err, "e2i-rel")
+    error_line(code, err, exit_code=1, full=_unreachable("stores/syn/all", port))
     assert not (tmp_path / "out").exists()
     # a search whose Tune storage is on the unreachable server: not "nothing to resume"
     code, _, err = run_cli(["tune", str(_space_file(tmp_path, rel_store)), "--resume", "--storage-path",
                             "s3://e2i-rel/experiments", "--output-dir", str(tmp_path / "results")], capsys)
-    message = error_line(code, err, "e2i-rel")
-    assert "nothing to resume" not in message
+    error_line(code, err, exit_code=1, full=_unreachable("experiments/space", port))
+    assert not (tmp_path / "results").exists()
 
 
 # ========================================================================================= disk full / read-only
@@ -268,7 +290,6 @@ def test_disk_full_during_cache_keeps_complete_shards_and_resumes(ray_local, tmp
     with tmpfs_mount(tmp_path / "disk", "size=96k") as disk:  # items fit (3 x ~8 KB), captions do not
         args = ["cache", "--metadata", str(toy), "--cache-dir", str(disk.path), *CACHE_FLAGS]
         code, _, err = run_cli(args, capsys)
-        error_line(code, err, "No space left on device")
         split = disk.path / "toy" / "development"
         files = tree_files(split)
         assert not [f for f in files if f.endswith(".tmp")]  # the shard being written was removed
@@ -279,6 +300,11 @@ def test_disk_full_during_cache_keeps_complete_shards_and_resumes(ray_local, tmp
         for f in shards:  # every file a reader can see is a complete parquet file
             assert pq.read_metadata(split / f).num_rows == 8
         n_captions = sum(f.startswith("captions/") for f in shards)
+        assert shards[:n_captions] == [f"captions/part-{k:05d}.parquet" for k in range(n_captions)]
+        # an I/O error (exit 1) naming the shard that did not fit: the next caption shard
+        error_line(code, err, exit_code=1, full=re.escape(
+            f"e2i: error: {split}/captions/part-{n_captions:05d}.parquet: cannot write (No space left on device); "
+            "completed shards are kept, re-run to resume"))
 
         disk.remount("size=8m")
         code, out, err = run_cli(args, capsys)
@@ -306,31 +332,43 @@ def _space_file(tmp_path: Path, rel_store: Path) -> Path:
     return path
 
 
-def _refused_everywhere(out_dir: Path, rel_config: Path, rel_store: Path, tmp_path: Path, capsys,
-                        needle: str) -> None:
-    """`e2i cache`, `e2i train` and `e2i tune` with their output under ``out_dir`` fail at once."""
+def _refused_everywhere(out_dir: Path, rel_config: Path, rel_store: Path, tmp_path: Path, ray_tmp: str,
+                        expected: dict[str, str]) -> None:
+    """`e2i cache`, `e2i train` and `e2i tune` with their output under ``out_dir``, run as a user runs them
+    (`python -m e2i`, no Ray running): each prints exactly ``e2i: error: <expected[stage]>`` on stderr and
+    exits 1 (an I/O error) without starting Ray (no session under its RAY_TMPDIR): no embedding actor,
+    Train worker or Tune trial can have run."""
     from e2i.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=4, seed=7)
-    code, _, err = run_cli(["cache", "--metadata", str(toy), "--cache-dir", str(out_dir / "stores"), *CACHE_FLAGS],
-                           capsys)
-    error_line(code, err, needle)
-    code, _, err = run_cli(["train", str(rel_config), "--output-dir", str(out_dir / "results")], capsys)
-    error_line(code, err, needle)
-    code, _, err = run_cli(["tune", str(_space_file(tmp_path, rel_store)), "--output-dir",
-                            str(out_dir / "results")], capsys)
-    error_line(code, err, needle)
+    commands = {
+        "cache": ["cache", "--metadata", str(toy), "--cache-dir", str(out_dir / "stores"), *CACHE_FLAGS],
+        "train": ["train", str(rel_config), "--output-dir", str(out_dir / "results")],
+        "tune": ["tune", str(_space_file(tmp_path, rel_store)), "--output-dir", str(out_dir / "results")],
+    }
+    for stage, argv in commands.items():
+        done = run_module(argv, env={"RAY_TMPDIR": ray_tmp}, timeout=120)
+        assert (done.returncode, done.stderr) == (1, f"e2i: error: {expected[stage]}\n"), (stage, done.stdout)
+        assert ray_sessions(ray_tmp) == [], f"`e2i {stage}` started Ray before refusing its output"
 
 
-def test_read_only_output_is_refused_before_any_work(ray_local, rel_config, rel_store, tmp_path, capsys):
+def test_read_only_output_is_refused_before_any_work(ray_start_is_visible, rel_config, rel_store, tmp_path,
+                                                     ray_tmp):
     with tmpfs_mount(tmp_path / "ro", "ro,size=64k") as ro:
-        _refused_everywhere(ro.path, rel_config, rel_store, tmp_path, capsys, "Read-only file system")
+        reason = "Read-only file system"  # the first directory that could not be created
+        _refused_everywhere(ro.path, rel_config, rel_store, tmp_path, ray_tmp, {
+            "cache": f"{ro.path}/stores: {reason}", "train": f"{ro.path}/results: {reason}",
+            "tune": f"{ro.path}/results: {reason}"})
         assert tree_files(ro.path) == {}
 
 
-def test_output_path_under_a_file_is_refused_before_any_work(ray_local, rel_config, rel_store, tmp_path, capsys):
+def test_output_path_under_a_file_is_refused_before_any_work(ray_start_is_visible, rel_config, rel_store, tmp_path,
+                                                             ray_tmp):
     """Works without root: a file where a directory is expected (e.g. a mistyped --output-dir)."""
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a directory\n")
-    _refused_everywhere(blocker, rel_config, rel_store, tmp_path, capsys, "Not a directory")
+    reason = "Not a directory"
+    _refused_everywhere(blocker, rel_config, rel_store, tmp_path, ray_tmp, {
+        "cache": f"{blocker}/stores: {reason}", "train": f"{blocker}/results/small: {reason}",
+        "tune": f"{blocker}/results/space: {reason}"})
     assert blocker.read_text() == "not a directory\n"
