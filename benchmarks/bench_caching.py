@@ -1,9 +1,9 @@
 """Benchmark 1, caching: the Ray Data pipeline vs a bare loop; peak memory as the corpus grows 10x.
 
-Corpus: the built-in toy corpus (``e2i.toy``, 1-4 s clips at 32 kHz, 5 captions per clip); encoders:
+Corpus: the built-in toy corpus (``e2i.corpus.toy``, 1-4 s clips at 32 kHz, 5 captions per clip); encoders:
 the light built-ins ``logmel-stats`` (audio) and ``ngram-hash`` (text), batch size 32.
 
-- **pipeline**: ``e2i.cache.cache_corpus`` end to end (read the corpus -> Ray Data ``from_items`` ->
+- **pipeline**: ``e2i.cache.pipeline.cache_corpus`` end to end (read the corpus -> Ray Data ``from_items`` ->
   ``map_batches(preprocess)`` CPU tasks -> ``map_batches(EmbedBatch)`` actor pool -> shards + manifest),
   rows/s = (items + captions) / its wall time, on the 10x corpus.
 - **bare loop**: one process, no Ray: the same rows in the same batches of 32, ``preprocess`` (decodes
@@ -47,7 +47,7 @@ TARGET_MEMORY = 1.25  # peak memory at 10x the corpus <= 1.25x
 def bare_loop(corpus_dir: Path) -> dict[str, float]:
     """Seconds of preprocess + embed of every item and caption in batches of BATCH, in this process."""
     from e2i.encoders import get_encoder
-    from e2i.sources import read_corpus
+    from e2i.corpus.sources import read_corpus
 
     data = read_corpus("clotho", corpus_dir, split="development")
     audio, text = get_encoder(ENCODERS["audio_encoder"]), get_encoder(ENCODERS["text_encoder"])
@@ -72,7 +72,7 @@ def bare_loop(corpus_dir: Path) -> dict[str, float]:
 
 def pipeline(corpus_dir: Path, cache_dir: Path, dataset: str, batch_size: int = BATCH) -> tuple[dict, object]:
     """(cache_corpus summary, memory sampler) of one pipeline run."""
-    from e2i.cache import cache_corpus
+    from e2i.cache.pipeline import cache_corpus
 
     with TreeMemorySampler(interval=0.1) as mem:
         summary = cache_corpus(corpus_dir, corpus="clotho", split="development", cache_dir=cache_dir,
@@ -81,7 +81,7 @@ def pipeline(corpus_dir: Path, cache_dir: Path, dataset: str, batch_size: int = 
 
 
 def run(quick: bool = False, work: Path | None = None) -> list[Result]:
-    from e2i.toy import make_toy_corpus
+    from e2i.corpus.toy import make_toy_corpus
 
     size = QUICK if quick else FULL
     nice = harness.ray_worker_niceness()

@@ -42,7 +42,7 @@ TARGET_PER_TRIAL = 1.0  # each extra trial adds less than one copy of the data
 
 def make_store(root: Path, size: dict) -> tuple[Path, int]:
     """train + val splits of random embeddings; returns (dataset dir, bytes of the train embeddings)."""
-    from e2i.store import write_split
+    from e2i.store.core import write_split
 
     train = make_split(size["items"], size["per_item"], size["dim"], seed=0)
     val = make_split(size["val_items"], size["per_item"], size["dim"], seed=1)
@@ -53,7 +53,7 @@ def make_store(root: Path, size: dict) -> tuple[Path, int]:
 
 
 def measure(space: Path):
-    from e2i.tune import tune_space
+    from e2i.tune.search import tune_space
 
     with TreeMemorySampler(interval=0.2) as mem:
         tune_space(space, report=False)

@@ -5,7 +5,7 @@ captions per item, so ranks are realistic and ties absent):
 
 - **floor**: the single matmul ``cap_emb @ item_emb.T`` (25 000 x 5 000 x 512, 128 GFLOP) that computes
   every similarity once; numpy/OpenBLAS with all cores, best of 3;
-- ``e2i.metrics.retrieval_metrics`` (chunked, both directions, no bootstrap CIs), best of 2
+- ``e2i.evaluate.metrics.retrieval_metrics`` (chunked, both directions, no bootstrap CIs), best of 2
   (target <= 1.5x the matmul); also with the default 1000-resample bootstrap CIs, for information;
 - ``retrieval_metrics_bruteforce``: the straightforward full (M, N) matrix + stable argsort per
   query, timed once (it also checks that both give the same numbers).
@@ -66,7 +66,7 @@ def _agree(a: dict, b: dict) -> bool:
 
 
 def run(quick: bool = False, repeats: int = 2) -> list[Result]:
-    from e2i.metrics import retrieval_metrics, retrieval_metrics_bruteforce
+    from e2i.evaluate.metrics import retrieval_metrics, retrieval_metrics_bruteforce
 
     size = QUICK if quick else FULL
     items, caps, cap_item = make_embeddings(size["items"], size["per_item"], size["dim"])

@@ -1,10 +1,10 @@
 """Benchmark 3, head training: `e2i train` (Ray Train, 1 worker) vs a bare torch loop; GFLOP/s vs a matmul.
 
-Same store (synthetic-latent, see ``e2i.synthetic``), head (``clip``: Linear-GELU-Linear), loss
+Same store (synthetic-latent, see ``e2i.store.synthetic``), head (``clip``: Linear-GELU-Linear), loss
 (``sigmoid_infonce``), AdamW, batch size, gradient clipping and torch thread count on both sides:
 
-- **e2i train**: ``e2i.train.fit`` builds a ``TorchTrainer`` with one worker running
-  ``e2i.train_loop.run_training``. Its per-epoch ``train/pairs_per_s`` (timed inside the worker over the
+- **e2i train**: ``e2i.train.driver.fit`` builds a ``TorchTrainer`` with one worker running
+  ``e2i.train.loop.run_training``. Its per-epoch ``train/pairs_per_s`` (timed inside the worker over the
   optimisation steps, validation excluded) is taken from epoch 2 on (epoch 1 pays first-call costs).
   The wall time of the whole ``fit`` (worker start-up, validation, checkpoints) is shown for
   information.
@@ -79,14 +79,14 @@ def worker_threads() -> int:
 
 
 class BareLoop:
-    """The training step of e2i.train_loop without Ray, validation or checkpoints."""
+    """The training step of e2i.train.loop without Ray, validation or checkpoints."""
 
     def __init__(self, cfg, train) -> None:
         import torch
 
-        from e2i.heads import build_model
-        from e2i.losses import build_loss
-        from e2i.train_loop import build_optimizer, global_batches
+        from e2i.model.heads import build_model
+        from e2i.model.losses import build_loss
+        from e2i.train.loop import build_optimizer, global_batches
 
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
@@ -150,9 +150,9 @@ def matmul_gflops(flops: int, repeats: int = 20) -> tuple[float, int]:
 def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     import torch
 
-    from e2i.store import load_split
-    from e2i.synthetic import make_synthetic_store
-    from e2i.train import fit
+    from e2i.store.core import load_split
+    from e2i.store.synthetic import make_synthetic_store
+    from e2i.train.driver import fit
 
     size = QUICK if quick else FULL
     threads, nice = worker_threads(), harness.ray_worker_niceness()

@@ -1,7 +1,7 @@
 """Benchmark 5, tuning: ASHA + Optuna (TPE) vs FIFO random search, same trials; Ray Tune's overhead.
 
-Both searches run ``e2i.tune.tune_space`` on the same fixed synthetic-latent store
-(``e2i.synthetic.make_synthetic_store``: 3000 items, 5 captions each, difficulty 0.5; val = 450
+Both searches run ``e2i.tune.search.tune_space`` on the same fixed synthetic-latent store
+(``e2i.store.synthetic.make_synthetic_store``: 3000 items, 5 captions each, difficulty 0.5; val = 450
 items / 2250 captions), the same search space (heads siglip/clip/mlp x sigmoid/softmax losses, lr,
 weight decay, output dim, temperature, hidden dim), the same number of trials, ``max_t`` epochs per
 full trial and two concurrent trials (one per core):
@@ -81,7 +81,7 @@ def trial_table(space_path: Path) -> list[dict]:
     """Last result of every trial of the experiment written for ``space_path`` (Tune's own records)."""
     from ray.tune import ExperimentAnalysis
 
-    from e2i.space import load_space
+    from e2i.tune.space import load_space
 
     space = load_space(space_path)
     analysis = ExperimentAnalysis(f"{space.storage_path}/{space.name}")
@@ -90,7 +90,7 @@ def trial_table(space_path: Path) -> list[dict]:
 
 def search(space_path: Path) -> dict:
     """Run one search; returns wall time, best R@1, trial-epochs and the sum of trial times."""
-    from e2i.tune import tune_space
+    from e2i.tune.search import tune_space
 
     wall, _ = harness.timed(lambda: tune_space(space_path, report=False))
     rows = trial_table(space_path)
@@ -109,7 +109,7 @@ def combine(runs: list[dict]) -> dict:
 
 
 def run(quick: bool = False, work: Path | None = None) -> list[Result]:
-    from e2i.synthetic import make_synthetic_store
+    from e2i.store.synthetic import make_synthetic_store
 
     size = QUICK if quick else FULL
     with harness.work_dir(str(work) if work else None, "e2i-bench-tune-") as root:

@@ -26,10 +26,10 @@ from e2i.paths import TRAIN_PATH_FIELDS, get_dotted, resolve_train_paths
 HEAD_TYPES = ("siglip", "clip", "attention", "mlp")
 LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-# Validation metrics `metric` may name: "val/" + a key of e2i.metrics.retrieval_metrics, or val/loss.
+# Validation metrics `metric` may name: "val/" + a key of e2i.evaluate.metrics.retrieval_metrics, or val/loss.
 METRIC_MODES = {"loss": "min", "median_rank": "min", "mean_rank": "min"}
 _RETRIEVAL = ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank")
-# val/<m> is text->item (caption queries), val/item_to_text/<m> the other direction (see e2i.train_loop)
+# val/<m> is text->item (caption queries), val/item_to_text/<m> the other direction (see e2i.train.loop)
 VALID_METRICS = ("val/loss", *(f"val/{m}" for m in _RETRIEVAL), *(f"val/item_to_text/{m}" for m in _RETRIEVAL))
 
 
@@ -60,7 +60,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    type: str = "siglip"  # siglip | clip | attention | mlp (see e2i.heads.HEADS)
+    type: str = "siglip"  # siglip | clip | attention | mlp (see e2i.model.heads.HEADS)
     output_dim: int = 256  # shared embedding space
     hidden_dim: int = 512  # MLP / attention width
     dropout: float = 0.1  # 0.1 regularises small cached datasets; 0 for huge ones
@@ -85,7 +85,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    type: str = "sigmoid_infonce"  # see e2i.losses.LOSSES
+    type: str = "sigmoid_infonce"  # see e2i.model.losses.LOSSES
     queue_size: int = 4096  # queue_infonce only: past embeddings kept as extra negatives
 
     def validate(self) -> None:

@@ -40,10 +40,10 @@ def _step(title: str) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from e2i.cache import cache_corpus
-    from e2i.splits import split_store
-    from e2i.toy import make_toy_corpus
-    from e2i.train import fit
+    from e2i.cache.pipeline import cache_corpus
+    from e2i.store.splits import split_store
+    from e2i.corpus.toy import make_toy_corpus
+    from e2i.train.driver import fit
 
     out = Path(resolve_path(args.output_dir))  # absolute: Ray Train/Tune workers run elsewhere
     store_root, dataset_dir = out / "stores", out / "stores" / "toy"
@@ -73,7 +73,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     runs = {f"{cfg.name} (shipped config)": (cfg, summary["train"])}
     if args.tune_samples > 0:
-        from e2i.tune import tune_space
+        from e2i.tune.search import tune_space
 
         _step("5/6 tune heads x losses (Ray Tune: ASHA + Optuna)")
         summary["tune"] = tune_space(

@@ -88,7 +88,7 @@ def test_invalid_yaml_names_line(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_train_config_loads(path):
     if path.name == "finetune.yaml":
-        pytest.importorskip("e2i.finetune").load_finetune_config(path)
+        pytest.importorskip("e2i.finetune.core").load_finetune_config(path)
         return
     cfg = load_train_config(path)
     assert cfg.model.type in HEAD_TYPES
@@ -97,7 +97,7 @@ def test_every_shipped_train_config_loads(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "tune_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_tune_space_loads(path):
-    from e2i.space import load_space
+    from e2i.tune.space import load_space
 
     space = load_space(path)
     assert space.search.num_samples > 0 and space.scheduler.max_t > 0

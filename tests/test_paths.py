@@ -10,7 +10,7 @@ import pytest
 from e2i import cli
 from e2i.config import load_train_config, save_train_config
 from e2i.paths import resolve_path, resolve_sqlite_url
-from e2i.space import load_space
+from e2i.tune.space import load_space
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/prefix", "hf://datasets/o/r", "gs://b/x", "file:///tmp/x"])
@@ -81,7 +81,7 @@ def _path_like_dests() -> dict[str, set[str]]:
 def test_every_path_flag_of_every_stage_is_resolved():
     missing = {stage: sorted(d for d in dests if d not in cli.PATH_ARGS + cli.MODEL_ARGS)
                for stage, dests in _path_like_dests().items()}
-    # 'storage' is an Optuna URL (sqlite URLs are resolved by e2i.space), not a path.
+    # 'storage' is an Optuna URL (sqlite URLs are resolved by e2i.tune.space), not a path.
     missing = {s: [d for d in ds if d != "storage"] for s, ds in missing.items()}
     assert {s: ds for s, ds in missing.items() if ds} == {}
     args = cli.resolve_path_args(argparse.Namespace(metadata="data/toy", mirror="s3://b/p", out=["a", "s3://c"]))

@@ -22,7 +22,7 @@ SMALL = {"model.type": "mlp", "loss.type": "softmax_infonce", "model.output_dim"
 @pytest.fixture(scope="session")
 def rel_store(tmp_path_factory) -> Path:
     """A small synthetic store: train 120 / val 30 / test 30 items, 5 captions each, dims 16 / 12."""
-    from e2i.synthetic import make_synthetic_store
+    from e2i.store.synthetic import make_synthetic_store
 
     return make_synthetic_store(tmp_path_factory.mktemp("rel") / "syn", n_items=180, item_dim=16, caption_dim=12,
                                 splits={"train": 120, "val": 30, "test": 30}, seed=0)
@@ -43,7 +43,7 @@ def trained_run(rel_config) -> Path:
     """The run directory of `rel_config` trained in-process (no Ray): config.yaml, best_model.safetensors,
     checkpoints/checkpoint_epochNNNN/."""
     from e2i.config import load_train_config
-    from e2i.train import train_local
+    from e2i.train.driver import train_local
 
     cfg = load_train_config(rel_config)
     train_local(cfg, evaluate=False)

@@ -2,7 +2,7 @@
 exit code (no traceback unless --debug), or, for per-row corpus problems, a rejected row with its reason
 while the run goes on.
 
-The unit tests of each module check the messages of the functions (tests/test_sources.py,
+The unit tests of each module check the messages of the functions (tests/corpus/test_sources.py,
 test_store.py, test_config.py, test_space.py, test_encoders.py, test_evaluate.py, test_legacy.py);
 here the same inputs go through `e2i <stage>` as a user runs it.
 """
@@ -32,7 +32,7 @@ from reliability_helpers import (
 )
 
 from e2i.errors import CheckpointError
-from e2i.store import load_split, write_split
+from e2i.store.core import load_split, write_split
 
 
 # ========================================================================================= corpus
@@ -43,7 +43,7 @@ def _caps(name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def bad_clotho(tmp_path_factory) -> Path:
     """The toy corpus (12 clips) plus one row for every kind of bad audio/CSV row."""
-    from e2i.toy import make_toy_corpus
+    from e2i.corpus.toy import make_toy_corpus
 
     root = make_toy_corpus(tmp_path_factory.mktemp("clotho"), n_items=12, seed=3)
     audio = root / "clotho_audio_files" / "development"
@@ -424,8 +424,8 @@ def test_damaged_best_model_is_one_line(trained_run, tmp_path, capsys, damage):
 def test_damaged_checkpoint_on_resume_is_a_clear_error(trained_run, tmp_path, damage):
     """What a Ray Train worker does on resume (`run_training(resume_from=...)`) with a damaged checkpoint."""
     from e2i.config import load_train_config
-    from e2i.train import epoch_checkpoints
-    from e2i.train_loop import run_training
+    from e2i.train.driver import epoch_checkpoints
+    from e2i.train.loop import run_training
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(epoch_checkpoints(trained_run)[2], ckpt)
@@ -440,9 +440,9 @@ def test_damaged_checkpoint_on_resume_is_a_clear_error(trained_run, tmp_path, da
 
 
 def test_checkpoint_of_a_bigger_model_names_the_tensor(trained_run, tmp_path, capsys):
-    from e2i.checkpoint import save_weights
+    from e2i.train.checkpoint import save_weights
     from e2i.config import load_train_config
-    from e2i.heads import build_model
+    from e2i.model.heads import build_model
 
     cfg = load_train_config(trained_run / "config.yaml", ["model.output_dim=32"])
     save_weights(build_model(cfg.model, 16, 12).state_dict(), tmp_path / "other.safetensors")

@@ -2,9 +2,9 @@
 mid-run, a disk that fills up, a read-only or impossible output directory.
 
 Covered elsewhere (not repeated here, see the README table): the cache driver SIGKILLed and re-run
-(tests/test_cache.py::test_sigkill_part_way_then_resume_gives_the_uninterrupted_result), the tune
-driver SIGKILLed and resumed (tests/test_tune.py::test_killed_driver_resumes_same_experiment_and_study_on_s3),
-mirror retries with backoff (tests/test_mirror.py).
+(tests/cache/test_cache.py::test_sigkill_part_way_then_resume_gives_the_uninterrupted_result), the tune
+driver SIGKILLed and resumed (tests/tune/test_tune.py::test_killed_driver_resumes_same_experiment_and_study_on_s3),
+mirror retries with backoff (tests/store/test_mirror.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from reliability_helpers import (
 )
 
 from e2i.config import TrainConfig, load_train_config, save_train_config
-from e2i.store import load_split, open_fs, verify_store
+from e2i.store.core import load_split, open_fs, verify_store
 
 CACHE_FLAGS = [*LIGHT_FLAGS, "--batch-size", "8", "--shard-size", "8"]
 
@@ -100,8 +100,8 @@ def test_killed_train_worker_restarts_from_its_last_checkpoint(ray_local, tmp_pa
     """`e2i train` with scaling.max_failures=1; the worker process is SIGKILLed mid-run. Training
     restarts from the last registered checkpoint and finishes; the history has every epoch once and
     equals an uninterrupted run's, so the curves are not corrupted."""
-    from e2i.synthetic import make_synthetic_store
-    from e2i.train_loop import run_training
+    from e2i.store.synthetic import make_synthetic_store
+    from e2i.train.loop import run_training
 
     store = make_synthetic_store(tmp_path / "syn", n_items=500, item_dim=32, caption_dim=24,
                                  splits={"train": 400, "val": 50, "test": 50}, seed=1)
@@ -204,7 +204,7 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
     completes the remote copy."""
     from s3_server import _free_port, create_bucket, s3_env
 
-    from e2i.toy import make_toy_corpus
+    from e2i.corpus.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=16, seed=5)
     port = _free_port("127.0.0.1")
@@ -284,7 +284,7 @@ def test_unreachable_object_storage_is_one_line(rel_store, tmp_path, capsys, mon
 def test_disk_full_during_cache_keeps_complete_shards_and_resumes(ray_local, tmp_path, capsys):
     """The store's disk fills up while captions are embedded: one clear line, every complete shard kept,
     no half-written file; with space again the re-run embeds only the rest."""
-    from e2i.toy import make_toy_corpus
+    from e2i.corpus.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=24, seed=6)
     with tmpfs_mount(tmp_path / "disk", "size=96k") as disk:  # items fit (3 x ~8 KB), captions do not
@@ -338,7 +338,7 @@ def _refused_everywhere(out_dir: Path, rel_config: Path, rel_store: Path, tmp_pa
     (`python -m e2i`, no Ray running): each prints exactly ``e2i: error: <expected[stage]>`` on stderr and
     exits 1 (an I/O error) without starting Ray (no session under its RAY_TMPDIR): no embedding actor,
     Train worker or Tune trial can have run."""
-    from e2i.toy import make_toy_corpus
+    from e2i.corpus.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=4, seed=7)
     commands = {

@@ -1,0 +1,60 @@
+"""Encoder registry: ``ENCODERS`` (name -> class) and ``get_encoder(name, **options)``.
+
+=============  ========  =====================================  ======================================
+name           modality  dim (defaults)                         needs
+=============  ========  =====================================  ======================================
+passt          audio     768 (embedding) / 527 / 1295           hear21passt weights (download) or a file
+hf-text        text      config.hidden_size (roberta-base 768)  a transformers model (hub id / dir)
+hf-image       image     vision hidden size (SigLIP-B 768)      a transformers model (hub id / dir)
+logmel-stats   audio     3 * n_mels + 21 = 213                  nothing
+ngram-hash     text      dim = 512                              nothing
+image-stats    image     256                                    nothing
+=============  ========  =====================================  ======================================
+
+The interface every encoder implements (see :mod:`e2i.encoders.base` for the full contract)::
+
+    enc = get_encoder("hf-text", model="roberta-base", pooling="cls")   # options -> enc.options (JSON)
+    batch = enc.preprocess({"caption_id": ids, "text": texts})          # CPU task: adds columns + "error"
+    enc.load("cuda" if torch.cuda.is_available() else "cpu")            # once per actor
+    emb = enc.embed(batch)                                              # (B, D) float32, NaN rows = error
+
+Input column: ``path`` for audio/image encoders, ``text`` for text encoders (``enc.input_column``).
+Columns added by ``preprocess``: audio ``audio`` (object array of (T,) float32), ``num_samples``;
+hf-text ``input_ids`` (object array of int64 token ids), ``num_tokens``; hf-image ``pixel_values``
+(B, 3, H, W) float32; image-stats ``pixels`` (B, S, S, 3) uint8, ``aspect``; all ``error`` (str, "" = ok).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2i.encoders.base import ERROR, Encoder
+from e2i.encoders.hf import HFImageEncoder, HFTextEncoder
+from e2i.encoders.light import ImageStatsEncoder, LogMelStatsEncoder, NgramHashEncoder
+from e2i.encoders.passt import PasstEncoder
+from e2i.errors import ConfigError
+
+ENCODERS: dict[str, type[Encoder]] = {
+    "passt": PasstEncoder,
+    "hf-text": HFTextEncoder,
+    "hf-image": HFImageEncoder,
+    "logmel-stats": LogMelStatsEncoder,
+    "ngram-hash": NgramHashEncoder,
+    "image-stats": ImageStatsEncoder,
+}
+
+# Built-ins that need no download, per modality (the embedded default / demo).
+LIGHT_DEFAULTS = {"audio": "logmel-stats", "text": "ngram-hash", "image": "image-stats"}
+
+
+def get_encoder(name: str, **options: Any) -> Encoder:
+    """Build an encoder by registry name; unknown names/options raise ConfigError listing valid ones.
+
+    Options are passed as given (``None`` is a value, e.g. ``instruction=None`` = no instruction); leave
+    an option out to get its default."""
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder '{name}' (valid: {', '.join(ENCODERS)})")
+    return ENCODERS[name](**options)
+
+
+__all__ = ["ENCODERS", "ERROR", "LIGHT_DEFAULTS", "Encoder", "get_encoder"]

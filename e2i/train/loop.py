@@ -1,0 +1,393 @@
+"""The per-worker training loop of projection heads (no Ray import: Ray Train / Tune call it).
+
+:func:`run_training` runs unchanged inside a ``TorchTrainer`` worker (``e2i.train.driver.fit``), inside a
+Ray Tune function trainable (``e2i.tune.search``) or in a plain process (tests). It calls
+``report(metrics, checkpoint_dir)`` once per epoch; ``checkpoint_dir`` (rank 0 only, else None)
+exists only during the call: copy it (``ray.train.report`` / ``ray.tune.report`` do).
+
+Conventions of the loop:
+
+- Data: the train and val splits are loaded once per worker as contiguous tensors. An epoch is a
+  shuffled permutation of **caption rows**; a global batch is ``optim.batch_size`` consecutive rows of
+  it, worker ``r`` of ``W`` takes rows ``[r*B/W, (r+1)*B/W)`` of each global batch (an incomplete last
+  global batch is dropped). The item of a caption is ``item_emb[caption_item[row]]`` and the ids given
+  to the loss are item row indices, so every caption of the same item in the global batch is a
+  positive (multi-positive). With W > 1 the loss all-gathers embeddings, so the negatives are the
+  global batch and gradients are averaged over workers.
+- Reproducibility: the model is initialised from ``seed`` (identical on all workers) and the torch
+  RNG (dropout) is re-seeded from ``(seed, rank, epoch)`` at the start of every epoch, and the
+  permutation from ``(seed, epoch)``; a resumed run therefore repeats an uninterrupted one.
+- Schedule: AdamW (no weight decay on biases, norms and the temperature/bias scalars), linear warmup
+  over ``warmup_epochs`` then cosine decay to 0, updated per optimizer step; gradient clipping by
+  global norm; ``accumulate_grad_batches`` micro-batches per step (each micro-batch is its own
+  contrastive batch).
+- Validation every epoch with :func:`e2i.evaluate.metrics.retrieval_metrics` on the val split. Metric names:
+  ``val/<m>`` is text->item (caption queries; ``val/recall@1`` = text_to_item R@1, ``val/mAP@10`` =
+  text_to_item mAP@10, ``val/median_rank`` ...), ``val/item_to_text/<m>`` the other direction, and
+  ``val/loss`` the loss on the val split (softmax_infonce in place of queue_infonce, whose queue
+  would otherwise leak between batches). Also ``train/loss``, ``lr``, ``logit_scale``, ``epoch``,
+  ``step``, ``time/epoch_s``, ``train/pairs_per_s``.
+- Early stopping on ``cfg.metric`` after ``early_stopping_patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from e2i.train.checkpoint import load_checkpoint, save_checkpoint
+from e2i.config import LossConfig, TrainConfig
+from e2i.store.core import SplitData, load_split, subset_split
+
+Report = Callable[[dict, str | None], None]
+EVAL_CHUNK = 4096  # rows per forward pass when embedding a whole split
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_data(cfg: TrainConfig) -> tuple[SplitData, SplitData]:
+    """(train, val) splits of ``cfg.data.store`` (local or s3://); ``train_subset`` = first N items."""
+    base = cfg.data.store.rstrip("/")
+    train = load_split(f"{base}/{cfg.data.train_split}", with_text=False)
+    if cfg.data.train_subset is not None and cfg.data.train_subset < train.num_items:
+        train = subset_split(train, np.arange(cfg.data.train_subset))
+    val = load_split(f"{base}/{cfg.data.val_split}", with_text=False)
+    return train, val
+
+
+class SplitTensors:
+    """A split as device tensors: item_emb (N, Di), caption_emb (M, Dc), caption_item (M,) int64."""
+
+    def __init__(self, data: SplitData, device: torch.device) -> None:
+        self.item_emb = torch.from_numpy(data.item_emb).to(device)
+        self.caption_emb = torch.from_numpy(data.caption_emb).to(device)
+        self.caption_item = torch.from_numpy(data.caption_item).to(device)
+
+    @property
+    def num_captions(self) -> int:
+        return int(self.caption_emb.shape[0])
+
+
+def global_batches(num_rows: int, batch_size: int, world_size: int) -> tuple[int, int]:
+    """(number of global batches per epoch, rows per worker per batch).
+
+    The global batch is rounded down to a multiple of world_size; a split smaller than one batch
+    gives one (smaller) batch; the incomplete last batch is dropped so every worker gets equal shards.
+    """
+    size = min(batch_size, num_rows) // world_size * world_size
+    if size == 0:
+        raise ValueError(f"{num_rows} caption rows cannot be split over {world_size} workers")
+    return num_rows // size, size // world_size
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributed helpers (torch.distributed only; Ray Train initialises the process group)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _broadcast_parameters(model: torch.nn.Module, world: int) -> None:
+    if world > 1:
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of the gradients over workers (one flat all_reduce), as DDP does."""
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """Rank 0's decision for everyone (early stopping must not split the workers)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    """cuda (Ray sets CUDA_VISIBLE_DEVICES per worker) when asked for and available, else CPU."""
+    if cfg.scaling.use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16/fp16 autocast where the device supports it; '16-mixed' on CPU falls back to fp32."""
+    if precision == "bf16-mixed":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            warnings.warn("bf16 not supported on this GPU; training in fp32")
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        if device.type != "cuda":
+            warnings.warn("16-mixed needs a GPU; training in fp32 on CPU (use bf16-mixed)")
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices (not biases, norms, positional/temperature scalars)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def embed_split(model, data: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item_z (N, D), caption_z (M, D)) in eval mode, in chunks, as float32."""
+    model.eval()
+    items = [
+        model.encode_items(data.item_emb[i : i + EVAL_CHUNK]).float()
+        for i in range(0, len(data.item_emb), EVAL_CHUNK)
+    ]
+    caps = [
+        model.encode_captions(data.caption_emb[i : i + EVAL_CHUNK]).float()
+        for i in range(0, data.num_captions, EVAL_CHUNK)
+    ]
+    return torch.cat(items), torch.cat(caps)
+
+
+def val_metric_name(key: str) -> str:
+    """Reported name: text_to_item/x -> val/x, item_to_text/x -> val/item_to_text/x."""
+    direction, _, metric = key.partition("/")
+    return f"val/{metric}" if direction == "text_to_item" else f"val/{key}"
+
+
+@torch.no_grad()
+def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: bool) -> dict:
+    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split."""
+    from e2i.evaluate.metrics import retrieval_metrics
+
+    item_z, cap_z = embed_split(model, data)
+    raw = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False)
+    out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith(("/ci95", "/num_queries"))}
+    order = torch.randperm(data.num_captions, generator=torch.Generator().manual_seed(0)).to(cap_z.device)
+    n_batches, size = global_batches(data.num_captions, batch_size, 1)
+    losses = []
+    for b in range(n_batches):
+        rows = order[b * size : (b + 1) * size]
+        ids = data.caption_item[rows]
+        losses.append(
+            float(
+                loss_fn(item_z[ids], cap_z[rows], ids, model.logit_scale, model.bias if bias_used else None)
+            )
+        )
+    out["val/loss"] = float(np.mean(losses))
+    return out
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None or not math.isfinite(best):
+        return math.isfinite(value)
+    return value > best if mode == "max" else value < best
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-worker loop
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    report: Report,
+    resume_from: str | None = None,
+    data: tuple[SplitData, SplitData] | None = None,
+) -> dict:
+    """Train ``cfg`` on this worker; returns {history, best, best_epoch, best_metric, epochs, stopped_early}.
+
+    ``report(metrics, checkpoint_dir)`` is called once per epoch on every worker (checkpoint_dir is
+    None on ranks > 0). ``resume_from`` is a checkpoint directory written by this loop: training
+    continues after its epoch with its optimizer, loss (queue) state and history. ``data`` =
+    (train, val) SplitData skips loading from ``cfg.data.store``.
+    """
+    from e2i.model.heads import build_model
+    from e2i.model.losses import build_loss
+
+    rank, world = dist_info()
+    device = pick_device(cfg)
+    train_data, val_data = data if data is not None else load_data(cfg)
+    train, val = SplitTensors(train_data, device), SplitTensors(val_data, device)
+
+    seed_everything(cfg.seed)  # same initial weights on every worker
+    model = build_model(cfg.model, train_data.item_dim, train_data.caption_dim).to(device)
+    loss_fn = build_loss(cfg.loss, dim=cfg.model.output_dim, rank=rank, world_size=world).to(device)
+    val_cfg = LossConfig(type="softmax_infonce") if cfg.loss.type == "queue_infonce" else cfg.loss
+    val_loss_fn = build_loss(val_cfg, dim=cfg.model.output_dim).to(device)
+    bias_used = bool(getattr(loss_fn, "uses_bias", True))
+    if not bias_used:
+        model.bias.requires_grad_(False)
+    optimizer = build_optimizer(model, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    _broadcast_parameters(model, world)
+
+    progress = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    if resume_from:
+        saved = load_checkpoint(resume_from, model=model, optimizer=optimizer, loss_fn=loss_fn)
+        progress.update({k: saved[k] for k in progress})
+
+    n_batches, local = global_batches(train.num_captions, cfg.optim.batch_size, world)
+    accum = cfg.optim.accumulate_grad_batches
+    steps_per_epoch = math.ceil(n_batches / accum)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    scaler = (
+        torch.amp.GradScaler("cuda") if cfg.optim.precision == "16-mixed" and device.type == "cuda" else None
+    )
+    stopped_early = False
+
+    for epoch in range(progress["epoch"], cfg.optim.epochs):
+        start = time.perf_counter()
+        model.train()
+        torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + epoch)  # dropout stream of this epoch
+        perm = torch.randperm(
+            train.num_captions, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        )
+        perm = perm.to(device)
+        losses = []
+        for b in range(n_batches):
+            rows = perm[b * local * world + rank * local : b * local * world + (rank + 1) * local]  # (B/W,)
+            ids = train.caption_item[rows]  # (B/W,) item row = positive id
+            with autocast_context(cfg.optim.precision, device):
+                item_z, cap_z = model(train.item_emb[ids], train.caption_emb[rows])  # (B/W, D) each
+            loss = loss_fn(
+                item_z.float(), cap_z.float(), ids, model.logit_scale, model.bias if bias_used else None
+            )
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            losses.append(float(loss.detach()))
+            if (b + 1) % accum == 0 or b + 1 == n_batches:
+                progress["step"] = _optimizer_step(
+                    optimizer, params, scaler, cfg, world, progress["step"], warmup_steps, total_steps
+                )
+        seconds = time.perf_counter() - start
+        metrics = {
+            "epoch": epoch + 1,
+            "step": progress["step"],
+            "train/loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "logit_scale": float(model.logit_scale.detach()),
+            **validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used),
+            "time/epoch_s": seconds,
+            "train/pairs_per_s": n_batches * local * world / seconds,
+        }
+        value = metrics.get(cfg.metric)
+        if value is None:
+            raise KeyError(f"metric {cfg.metric!r} is not computed (have: {', '.join(sorted(metrics))})")
+        if _improved(value, progress["best_metric"], cfg.metric_mode):
+            progress.update(best_metric=value, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            progress["bad_epochs"] += 1
+        progress["epoch"] = epoch + 1
+        progress["history"].append(metrics)
+        patience = cfg.optim.early_stopping_patience
+        stop = _agree(patience > 0 and progress["bad_epochs"] >= patience, world)
+        _report_epoch(report, metrics, rank, model, optimizer, loss_fn, progress, cfg)
+        if stop:
+            stopped_early = progress["epoch"] < cfg.optim.epochs
+            break
+
+    history = progress["history"]
+    best = history[progress["best_epoch"] - 1] if progress["best_epoch"] else {}
+    return {
+        "history": history,
+        "best": best,
+        "best_epoch": progress["best_epoch"],
+        "best_metric": progress["best_metric"],
+        "epochs": progress["epoch"],
+        "stopped_early": stopped_early,
+    }
+
+
+def _optimizer_step(
+    optimizer, params, scaler, cfg: TrainConfig, world: int, step: int, warmup_steps: int, total_steps: int
+) -> int:
+    """Average grads over workers, clip, set the scheduled lr, step; returns the new step count."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    _average_gradients(params, world)
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    lr = lr_at(step, peak=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step + 1
+
+
+def _report_epoch(
+    report: Report, metrics: dict, rank: int, model, optimizer, loss_fn, progress: dict, cfg: TrainConfig
+) -> None:
+    """Rank 0 writes a checkpoint into a temporary directory that lives for the report call only."""
+    if rank != 0:
+        report(metrics, None)
+        return
+    directory = tempfile.mkdtemp(prefix="e2i-ckpt-")
+    try:
+        save_checkpoint(
+            directory,
+            model=model,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            progress=progress,
+            config=cfg.to_dict(),
+        )
+        report(metrics, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
