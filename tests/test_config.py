@@ -8,6 +8,7 @@ from e2i.config import (
     HEAD_TYPES,
     TrainConfig,
     load_train_config,
+    resolve_config_paths,
     save_train_config,
     train_config_from_dict,
 )
@@ -69,7 +70,9 @@ def test_overrides_are_typed_and_validated(tmp_path):
 
 
 def test_round_trip_and_metric_mode(tmp_path):
-    cfg = TrainConfig(name="rt").replace({"model.type": "mlp", "metric": "val/loss"})
+    # load resolves local paths against the cwd; a saved, resolved config loads back unchanged
+    cfg = resolve_config_paths(TrainConfig(name="rt").replace({"model.type": "mlp", "metric": "val/loss"}))
+    assert cfg.output_dir == str(Path.cwd() / "results") and cfg.paths_as_written["output_dir"] == "results"
     save_train_config(cfg, tmp_path / "rt.yaml")
     again = load_train_config(tmp_path / "rt.yaml")
     assert again == cfg

@@ -191,7 +191,9 @@ def test_base_config_file_data_section_and_overrides(tmp_path):
     space = load_space(path, {"base.data.store": "stores/b", "search.num_samples": 3})
     cfg = space.base_config
     assert (cfg.model.type, cfg.model.hidden_dim, cfg.model.dropout) == ("clip", 128, 0.0)
-    assert (cfg.data.store, cfg.data.train_split) == ("stores/b", "train_subset")
+    # local paths are resolved against the cwd at load (Tune trials run elsewhere), as written kept
+    assert (cfg.data.store, cfg.data.train_split) == (str(Path.cwd() / "stores" / "b"), "train_subset")
+    assert cfg.paths_as_written["data.store"] == "stores/b"
     assert space.search.num_samples == 3 and space.name == "mine" and cfg.name == "mine"
     assert space.optuna_url.startswith("sqlite:///") and space.optuna_url.endswith("results/mine/optuna.db")
     trial = space.trial_config({"optim.lr": 5e-4, "optuna_trial": 7}, name="t7")
