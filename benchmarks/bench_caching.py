@@ -47,7 +47,7 @@ TARGET_MEMORY = 1.25  # peak memory at 10x the corpus <= 1.25x
 def bare_loop(corpus_dir: Path) -> dict[str, float]:
     """Seconds of preprocess + embed of every item and caption in batches of BATCH, in this process."""
     from e2i.encoders import get_encoder
-    from e2i.corpus.sources import read_corpus
+    from e2i.corpus import read_corpus
 
     data = read_corpus("clotho", corpus_dir, split="development")
     audio, text = get_encoder(ENCODERS["audio_encoder"]), get_encoder(ENCODERS["text_encoder"])
@@ -137,17 +137,14 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = harness.parser(__doc__.splitlines()[0])
-    args = p.parse_args(argv)
-    harness.quiet_environment()
-    cpus = args.num_cpus or os.cpu_count() or 1
-    with harness.local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)}):
-        import ray.data
+def no_progress_bars() -> None:
+    import ray.data
 
-        ray.data.DataContext.get_current().enable_progress_bars = False  # keep the log readable
-        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
-    return harness.finish(results, "Benchmark: caching", args.json)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # keep the log readable
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.ray_main(argv, __doc__, "Benchmark: caching", run, omp_threads=True, setup=no_progress_bars)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ trials add only their own process: Python + torch + Ray worker, ~0.5 GB).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ TARGET_PER_TRIAL = 1.0  # each extra trial adds less than one copy of the data
 
 def make_store(root: Path, size: dict) -> tuple[Path, int]:
     """train + val splits of random embeddings; returns (dataset dir, bytes of the train embeddings)."""
-    from e2i.store.core import write_split
+    from e2i.store import write_split
 
     train = make_split(size["items"], size["per_item"], size["dim"], seed=0)
     val = make_split(size["val_items"], size["per_item"], size["dim"], seed=1)
@@ -89,13 +88,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = harness.parser(__doc__.splitlines()[0])
-    args = p.parse_args(argv)
-    harness.quiet_environment()
-    cpus = args.num_cpus or os.cpu_count() or 1
-    with harness.local_ray(cpus):
-        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
-    return harness.finish(results, "Benchmark: concurrent trials memory", args.json)
+    return harness.ray_main(argv, __doc__, "Benchmark: concurrent trials memory", run)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ TARGET = 0.5  # load speed >= half the raw read speed
 
 def make_split(n_items: int, per_item: int, dim: int, seed: int = 0):
     """A SplitData of random unit-scale float32 embeddings; ids like a real store (strings)."""
-    from e2i.store.core import SplitData
+    from e2i.store import SplitData
 
     rng = np.random.default_rng(seed)
     m = n_items * per_item
@@ -123,7 +123,7 @@ def binary_rows(path: Path, dim: int) -> np.ndarray:
 
 
 def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list[Result]:
-    from e2i.store.core import load_split, write_split
+    from e2i.store import load_split, write_split
 
     size = QUICK if quick else FULL
     with harness.work_dir(str(work) if work else None, "e2i-bench-store-") as root:

@@ -150,7 +150,7 @@ def matmul_gflops(flops: int, repeats: int = 20) -> tuple[float, int]:
 def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     import torch
 
-    from e2i.store.core import load_split
+    from e2i.store import load_split
     from e2i.store.synthetic import make_synthetic_store
     from e2i.train.driver import fit
 
@@ -200,13 +200,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = harness.parser(__doc__.splitlines()[0])
-    args = p.parse_args(argv)
-    harness.quiet_environment()
-    cpus = args.num_cpus or os.cpu_count() or 1
-    with harness.local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)}):
-        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
-    return harness.finish(results, "Benchmark: head training", args.json)
+    return harness.ray_main(argv, __doc__, "Benchmark: head training", run, omp_threads=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Ray's scalability benchmark (10 000 trials of 1 s on 16 cores: 715 s vs 625 s mi
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -152,13 +151,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = harness.parser(__doc__.splitlines()[0])
-    args = p.parse_args(argv)
-    harness.quiet_environment()
-    cpus = args.num_cpus or os.cpu_count() or 1
-    with harness.local_ray(cpus):
-        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
-    return harness.finish(results, "Benchmark: tuning", args.json)
+    return harness.ray_main(argv, __doc__, "Benchmark: tuning", run)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A benchmark measures two things in the same process (e.g. the Ray pipeline and a
 same work) and reports their ratio next to a target, so the machine's speed and noise cancel out.
 Each script exposes ``run(quick=False, ...) -> list[Result]`` (callable in-process, e.g. from tests with
 an already running Ray) and ``main(argv=None)`` (parses ``--quick/--json``, starts its own Ray, prints
-the table, writes the rows as JSON for ``run_all.py``).
+the table, writes the rows as JSON for ``run_all.py``); for the scripts on Ray that ``main`` is
+:func:`ray_main`.
 """
 
 from __future__ import annotations
@@ -213,6 +214,22 @@ def finish(results: list[Result], title: str, json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_text(json.dumps([r.to_dict() for r in results], indent=1))
     return 0
+
+
+def ray_main(argv: list[str] | None, doc: str, title: str, run: Callable[..., list[Result]], *,
+             omp_threads: bool = False, setup: Callable[[], None] | None = None) -> int:
+    """The ``main()`` of a benchmark on Ray: parse :func:`parser`'s flags (description: ``doc``'s first
+    line), start a local Ray of ``--num-cpus`` CPUs (default: all; ``omp_threads``: its workers get
+    ``OMP_NUM_THREADS`` = that many, like this process's torch), call ``setup()`` and then
+    ``run(quick=..., work=...)`` in it, and :func:`finish` with ``title``."""
+    args = parser(doc.splitlines()[0]).parse_args(argv)
+    quiet_environment()
+    cpus = args.num_cpus or os.cpu_count() or 1
+    with local_ray(cpus, env_vars={"OMP_NUM_THREADS": str(cpus)} if omp_threads else None):
+        if setup is not None:
+            setup()
+        results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None)
+    return finish(results, title, args.json)
 
 
 def fmt_bytes(n: float) -> str:

@@ -25,15 +25,15 @@ from e2i.errors import E2IError
 STAGES: dict[str, tuple[str, str]] = {
     "toy": ("e2i.corpus.toy", "write the built-in toy audio-caption corpus (Clotho layout)"),
     "download": ("e2i.corpus.download", "download a public corpus (Clotho v2.1) with checksums and resume"),
-    "cache": ("e2i.cache.pipeline", "embed a corpus into the parquet store with Ray Data actor pools"),
-    "images": ("e2i.cache.images", "export store embeddings as RGB pseudo-images"),
-    "store": ("e2i.store.core", "inspect, verify and import stores"),
+    "cache": ("e2i.cache.cli", "embed a corpus into the parquet store with Ray Data actor pools"),
+    "images": ("e2i.cache.image_export", "export store embeddings as RGB pseudo-images"),
+    "store": ("e2i.store.cli", "inspect, verify and import stores"),
     "split": ("e2i.store.splits", "item-level train/train_subset/val/test splits of a store"),
-    "train": ("e2i.train.driver", "train projection heads on a store with Ray Train"),
+    "train": ("e2i.train.cli", "train projection heads on a store with Ray Train"),
     "evaluate": ("e2i.evaluate.evaluation", "Recall@K, mAP@10 and plots for a trained model"),
-    "tune": ("e2i.tune.search", "search heads, losses and hyper-parameters with Ray Tune + Optuna"),
+    "tune": ("e2i.tune.cli", "search heads, losses and hyper-parameters with Ray Tune + Optuna"),
     "report": ("e2i.tune.report", "leaderboard and plots of a tune experiment"),
-    "finetune": ("e2i.finetune.core", "fine-tune PaSST + RoBERTa end to end (Lightning on Ray Train)"),
+    "finetune": ("e2i.finetune.cli", "fine-tune PaSST + RoBERTa end to end (Lightning on Ray Train)"),
     "demo": ("e2i.demo", "the whole pipeline on the built-in toy corpus, no downloads"),
 }
 

@@ -37,7 +37,7 @@ from fake_cluster import (
     state_list,
     wait_for,
 )
-from test_finetune import cli_args as finetune_args
+from finetune.test_finetune import cli_args as finetune_args
 from tiny_models import tiny_roberta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,12 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         embedders = _actors(head, "MapWorker(MapBatches(EmbedBatch))")
         assert len(embedders) == 4, embedders  # 2 per phase
         assert all(a["required_resources"].get("GPU") == 1 for a in embedders), embedders
-        assert {kinds[a["node_id"]] for a in embedders} == {"gpu_1x"}, (embedders, kinds)
-        assert len({a["node_id"] for a in embedders}) >= 2, embedders  # one GPU per gpu_1x node
+        # An actor the pool asked for while its GPU node was still launching may end (DEAD, never
+        # placed: node_id None) when a phase with a single input block is done by the other actor.
+        placed = [a for a in embedders if a["node_id"] is not None]
+        assert len(placed) >= 2 and {a["state"] for a in embedders} <= {"ALIVE", "DEAD"}, embedders
+        assert {kinds[a["node_id"]] for a in placed} == {"gpu_1x"}, (embedders, kinds)
+        assert len({a["node_id"] for a in placed}) >= 2, embedders  # one GPU per gpu_1x node
         assert "gpu_4x" not in kinds.values(), kinds
 
         # 2) e2i finetune --num-workers 4 --use-gpu: one STRICT_PACK gang of 4 x 1 GPU -> one gpu_4x

@@ -91,7 +91,7 @@ def test_invalid_yaml_names_line(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_train_config_loads(path):
     if path.name == "finetune.yaml":
-        pytest.importorskip("e2i.finetune.core").load_finetune_config(path)
+        pytest.importorskip("e2i.finetune").load_finetune_config(path)
         return
     cfg = load_train_config(path)
     assert cfg.model.type in HEAD_TYPES

@@ -1,11 +1,14 @@
-"""`e2i images` beyond the layout: the older exporter's flags, raw embeddings beside the PNGs, mirroring.
+"""`e2i images`: the flags and ``run(args)`` of the pseudo-image export (e2i/cache/images.py).
 
+    e2i images --store stores/toy/development [--images-dir DIR] [--image-size 128 --image-mode nearest ...]
+
+- the layout flags (:func:`add_image_options`, shared with `e2i cache --with-images`; layout in
+  e2i/cache/pseudo_image.py), ``--kinds``, ``--batch-size``;
+- ``--store`` a split dir, or a dataset/root dir: every split found under it is exported;
 - ``--cache-dir DIR``: the older image exporter's name for the store split dir, an alias of ``--store``
-  (both given with different paths is an error).
+  (both given with different paths is an error);
 - ``--include-embeddings``: beside the PNGs of each modality, ``pseudo_images/<modality>/embeddings.parquet``
-  with one row per PNG: ``id`` (string: the PNG's ``e2i:id``, file name :func:`e2i.cache.images.png_name`) and
-  ``embedding`` (``fixed_size_list<float32>[D]``: the store's values, bit for bit), in store order (shards
-  in manifest order, rows in shard order). Written after the PNGs of its modality.
+  (id, embedding: exactly the store's values, in store order; see e2i/cache/images.py);
 - ``--mirror URI`` / ``--hf-dataset owner/name [--hf-prefix P] [--hf-token T]`` / ``--upload-every N``: the
   flags of `e2i cache` (:func:`e2i.store.mirror.add_mirror_arguments`, same URIs, retries and reports). What is
   mirrored is the export: each split's ``pseudo_images/`` tree (PNGs, ``embeddings.parquet``, and
@@ -13,9 +16,6 @@
   exported rows and at the end; the split's shards and manifest are `e2i cache --mirror`'s. The mirror
   reads the local images dir on the driver, so it needs a local ``--images-dir`` (or split dir).
   Exit code 1 when uploads failed (the local export is complete), as `e2i cache`.
-
-Local files (PNGs, ``embeddings.parquet``) appear atomically (tmp + rename), so a sync in the middle of
-the export never uploads half a file.
 """
 
 from __future__ import annotations
@@ -24,17 +24,70 @@ import argparse
 import os
 import posixpath
 import time
-import uuid
+from typing import Any
 
+from e2i.cache.images import KIND_ID, export_pseudo_images
+from e2i.cache.pseudo_image import CHANNEL_MODES, MODES
 from e2i.errors import ConfigError, StoreError
 
-EMBEDDINGS = "embeddings.parquet"
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """The layout flags (shared with `e2i cache --with-images`); read back with :func:`image_options`."""
+    parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs in pixels")
+    parser.add_argument(
+        "--image-mode",
+        choices=MODES,
+        default="nearest",
+        help="upsampling of the embedding grid (nearest keeps it invertible)",
+    )
+    parser.add_argument(
+        "--image-channel-mode",
+        choices=CHANNEL_MODES,
+        default="split",
+        help="split: the embedding is spread over R, G, B; replicate: grey, same grid in all three",
+    )
+    parser.add_argument(
+        "--clip-values",
+        action="store_true",
+        help="clamp to [-1, 1] and normalise with that fixed range (default: per-vector min-max)",
+    )
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`export_pseudo_images` from the flags of :func:`add_image_options`."""
+    return {
+        "image_size": args.image_size,
+        "mode": args.image_mode,
+        "channel_mode": args.image_channel_mode,
+        "clip_values": args.clip_values,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `e2i images` kept from the older tools (called by :func:`e2i.cache.images.add_arguments`)."""
+    """The flags of `e2i images`."""
     from e2i.store.mirror import add_mirror_arguments
 
+    parser.add_argument(
+        "--store",
+        help="a store split dir, or a dataset/root dir: every split found under it is exported (required, "
+        "or --cache-dir)",
+    )
+    parser.add_argument(
+        "--images-dir",
+        default=None,
+        help="where pseudo_images/ goes (default: inside each split dir; with several splits "
+        "<images-dir>/<split>/pseudo_images/)",
+    )
+    add_image_options(parser)
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=tuple(KIND_ID),
+        default=["items", "captions"],
+        help="which embeddings to export",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch")
+    # kept from the older tools
     parser.add_argument(
         "--cache-dir", metavar="SPLIT_DIR", help="alias of --store (the older image exporter's name for it)"
     )
@@ -61,59 +114,6 @@ def _same_dir(a: str, b: str) -> bool:
     if "://" in a or "://" in b:
         return a.rstrip("/") == b.rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
-
-
-def write_file(fs, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path``; on a local disk via a hidden tmp file + rename."""
-    tmp = _tmp_name(fs, path)
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    if tmp != path:
-        fs.move(tmp, path)
-
-
-def _tmp_name(fs, path: str) -> str:
-    import pyarrow.fs as pafs
-
-    if not isinstance(fs, pafs.LocalFileSystem):  # object stores show an object only once it is complete
-        return path
-    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_embeddings(fs, shards: list[str], id_col: str, out_fs, out_dir: str) -> int:
-    """``<out_dir>/embeddings.parquet`` (id, embedding) from the shards, one row group at a time; -> rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from e2i.cache.images import embedding_matrix
-    from e2i.store.core import embedding_array
-
-    path = posixpath.join(out_dir, EMBEDDINGS)
-    tmp, rows, writer = _tmp_name(out_fs, path), 0, None
-    try:
-        with out_fs.open_output_stream(tmp) as sink:
-            for shard in shards:
-                with fs.open_input_file(shard) as f:
-                    pf = pq.ParquetFile(f)
-                    for g in range(pf.num_row_groups):
-                        t = pf.read_row_group(g, columns=[id_col, "embedding"])
-                        emb = embedding_array(embedding_matrix(t.column("embedding")))
-                        table = pa.table({"id": t.column(id_col).cast(pa.string()), "embedding": emb})
-                        if writer is None:
-                            writer = pq.ParquetWriter(sink, table.schema)
-                        elif table.schema != writer.schema:
-                            raise StoreError(f"{shard}: embedding dim differs from the previous shards'")
-                        writer.write_table(table)
-                        rows += table.num_rows
-            if writer is not None:
-                writer.close()
-    except BaseException:
-        if tmp != path:
-            out_fs.delete_file(tmp)
-        raise
-    if tmp != path:
-        out_fs.move(tmp, path)
-    return rows
 
 
 class _Upload:
@@ -150,9 +150,8 @@ def run(args: argparse.Namespace) -> int:
     """`e2i images`: exit 0, or 1 when the export is complete but the mirror reported failed uploads."""
     import ray
 
-    from e2i.cache.images import export_pseudo_images, image_options
+    from e2i.store import find_splits
     from e2i.store.mirror import mirror_from_args
-    from e2i.store.core import find_splits
 
     store = store_dir(args)
     uri, token = mirror_from_args(args)

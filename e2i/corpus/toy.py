@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from e2i.corpus.audio import SAMPLE_RATE
 from e2i.errors import ConfigError
 
-SAMPLE_RATE = 32000
 KINDS = ("tone", "noise", "chirp", "clicks", "beeps")
 PEAKS = {"quiet": 0.06, "medium": 0.3, "loud": 0.85}
 PITCH_HZ = {"low": (100.0, 220.0), "mid": (330.0, 880.0), "high": (1500.0, 4000.0)}
@@ -387,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e2i.corpus.sources import read_clotho  # read back: the corpus must flow through the Clotho reader
+    from e2i.corpus.clotho import read_clotho  # read back: the corpus must flow through the Clotho reader
 
     if args.n_items < 1:
         raise ConfigError(f"--n-items: must be >= 1, got {args.n_items}")

@@ -22,6 +22,12 @@ Input column: ``path`` for audio/image encoders, ``text`` for text encoders (``e
 Columns added by ``preprocess``: audio ``audio`` (object array of (T,) float32), ``num_samples``;
 hf-text ``input_ids`` (object array of int64 token ids), ``num_tokens``; hf-image ``pixel_values``
 (B, 3, H, W) float32; image-stats ``pixels`` (B, S, S, 3) uint8, ``aspect``; all ``error`` (str, "" = ok).
+
+One module per encoder over :mod:`~e2i.encoders.base` (interface, audio/image/text input decoding):
+:mod:`~e2i.encoders.passt`, :mod:`~e2i.encoders.hf` (hf-text, hf-image), and the light built-ins (no
+download, deterministic) :mod:`~e2i.encoders.logmel_stats`, :mod:`~e2i.encoders.ngram_hash`,
+:mod:`~e2i.encoders.image_stats`. May import: e2i.errors, e2i.corpus.audio; no ray; torch, transformers,
+hear21passt, PIL and soundfile only inside functions (importing the registry loads none of them).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from typing import Any
 
 from e2i.encoders.base import ERROR, Encoder
 from e2i.encoders.hf import HFImageEncoder, HFTextEncoder
-from e2i.encoders.light import ImageStatsEncoder, LogMelStatsEncoder, NgramHashEncoder
+from e2i.encoders.image_stats import ImageStatsEncoder
+from e2i.encoders.logmel_stats import LogMelStatsEncoder
+from e2i.encoders.ngram_hash import NgramHashEncoder
 from e2i.encoders.passt import PasstEncoder
 from e2i.errors import ConfigError
 
@@ -57,4 +65,16 @@ def get_encoder(name: str, **options: Any) -> Encoder:
     return ENCODERS[name](**options)
 
 
-__all__ = ["ENCODERS", "ERROR", "LIGHT_DEFAULTS", "Encoder", "get_encoder"]
+__all__ = [
+    "ENCODERS",
+    "ERROR",
+    "LIGHT_DEFAULTS",
+    "Encoder",
+    "HFImageEncoder",
+    "HFTextEncoder",
+    "ImageStatsEncoder",
+    "LogMelStatsEncoder",
+    "NgramHashEncoder",
+    "PasstEncoder",
+    "get_encoder",
+]

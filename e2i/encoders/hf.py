@@ -68,14 +68,20 @@ def _token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def _pretrained(cls, model: str, revision: str | None, trust_remote_code: bool, **kwargs):
+    """``cls.from_pretrained`` as every hf load does it (config, tokenizer, processor, weights): the
+    encoder's ``revision`` and ``trust_remote_code``, the token from ``$HF_TOKEN`` only (never recorded)."""
+    return cls.from_pretrained(
+        model, revision=revision, token=_token(), trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _config(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(
-            model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
-        )
+        return _pretrained(AutoConfig, model, revision, trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"encoder model '{model}': cannot load its config ({str(e).strip().splitlines()[0]})"
@@ -86,18 +92,14 @@ def _config(model: str, revision: str | None, trust_remote_code: bool):
 def _tokenizer(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
-        model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
-    )
+    return _pretrained(AutoTokenizer, model, revision, trust_remote_code)
 
 
 @functools.lru_cache(maxsize=4)
 def _processor(model: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(
-        model, revision=revision, token=_token(), trust_remote_code=trust_remote_code
-    )
+    return _pretrained(AutoImageProcessor, model, revision, trust_remote_code)
 
 
 def _is_decoder(config) -> bool:
@@ -112,6 +114,37 @@ def default_pooling(model: str, config) -> str:
     if any(h in name for h in MEAN_POOL_HINTS) or os.path.isfile(os.path.join(model, "modules.json")):
         return "mean"
     return "cls"
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    from transformers.utils import logging as tf_logging
+
+    before = tf_logging.get_verbosity()
+    if quiet:
+        tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(before)
+
+
+class _HFEncoder(Encoder):
+    """What hf-text and hf-image share: options ``model``/``revision``/``trust_remote_code``/``dtype``,
+    the model's config (read at construction, cached) and the weights loaded in ``_load``."""
+
+    def _hf(self, loader):
+        """``loader(model, revision, trust_remote_code)`` for this encoder's model (config, tokenizer, ...)."""
+        o = self.opts
+        return loader(o.model, o.revision, o.trust_remote_code)
+
+    def _load_model(self, cls, device: str, *, quiet: bool = False) -> None:
+        """Weights of ``cls`` in ``opts.dtype`` (auto: fp32 on CPU) on ``device``, eval mode, into ``_rt``."""
+        o = self.opts
+        dtype = resolve_dtype(o.dtype, device)
+        with _quiet_transformers(quiet):
+            model = _pretrained(cls, o.model, o.revision, o.trust_remote_code, dtype=dtype)
+        self._rt["model"], self._rt["dtype"] = model.to(device).eval(), dtype
 
 
 # =============================================================================================== text
@@ -135,7 +168,7 @@ class HFTextOptions:
             raise ValueError("max_length must be >= 2")
 
 
-class HFTextEncoder(Encoder):
+class HFTextEncoder(_HFEncoder):
     name = "hf-text"
     modality = "text"
     input_column = "text"
@@ -144,7 +177,7 @@ class HFTextEncoder(Encoder):
     def __init__(self, **options) -> None:
         super().__init__(**options)
         o = self.opts
-        config = _config(o.model, o.revision, o.trust_remote_code)
+        config = self._hf(_config)
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.dim = int(text_config.hidden_size)
         pooling = default_pooling(o.model, config) if o.pooling == "auto" else o.pooling
@@ -158,16 +191,13 @@ class HFTextEncoder(Encoder):
             append_eos=pooling == "last-token" if o.append_eos is None else o.append_eos,
         )
 
-    def _tok(self):
-        o = self.opts
-        return _tokenizer(o.model, o.revision, o.trust_remote_code)
-
     def _limit(self, tok) -> int:
         cap = getattr(tok, "model_max_length", None)
         return min(self.opts.max_length, int(cap)) if cap and cap < 1_000_000 else self.opts.max_length
 
     def preprocess(self, batch):
-        tok, instruction, append_eos = self._tok(), self.options["instruction"], self.options["append_eos"]
+        tok = self._hf(_tokenizer)
+        instruction, append_eos = self.options["instruction"], self.options["append_eos"]
         limit = self._limit(tok)
         errors = [check_text(t) for t in batch["text"]]
         ok = [i for i, e in enumerate(errors) if not e]
@@ -199,15 +229,9 @@ class HFTextEncoder(Encoder):
     def _load(self, device: str) -> None:
         from transformers import AutoModel
 
-        o = self.opts
-        dtype = resolve_dtype(o.dtype, device)
-        model = AutoModel.from_pretrained(
-            o.model, revision=o.revision, token=_token(), dtype=dtype, trust_remote_code=o.trust_remote_code
-        )
-        self._rt["model"] = model.to(device).eval()
-        config = _config(o.model, o.revision, o.trust_remote_code)
-        pad = getattr(config, "pad_token_id", None)
-        self._rt["pad_id"] = pad if pad is not None else (self._tok().pad_token_id or 0)
+        self._load_model(AutoModel, device)
+        pad = getattr(self._hf(_config), "pad_token_id", None)
+        self._rt["pad_id"] = pad if pad is not None else (self._hf(_tokenizer).pad_token_id or 0)
 
     def _embed(self, batch):
         import torch
@@ -258,19 +282,6 @@ class HFImageOptions:
         check_choice("dtype", self.dtype, DTYPES)
 
 
-@contextlib.contextmanager
-def _quiet_transformers(quiet: bool):
-    from transformers.utils import logging as tf_logging
-
-    before = tf_logging.get_verbosity()
-    if quiet:
-        tf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tf_logging.set_verbosity(before)
-
-
 def vision_model_class(model_type: str):
     """transformers class for a config ``model_type`` (vision towers of dual encoders, or AutoModel)."""
     import transformers as tf
@@ -285,7 +296,7 @@ def vision_model_class(model_type: str):
     return getattr(tf, classes.get(model_type, "AutoModel"))
 
 
-class HFImageEncoder(Encoder):
+class HFImageEncoder(_HFEncoder):
     name = "hf-image"
     modality = "image"
     input_column = "path"
@@ -293,19 +304,14 @@ class HFImageEncoder(Encoder):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        o = self.opts
-        config = _config(o.model, o.revision, o.trust_remote_code)
+        config = self._hf(_config)
         self.dim = int(getattr(config, "vision_config", config).hidden_size)
         self.options["model_type"] = config.model_type
-
-    def _proc(self):
-        o = self.opts
-        return _processor(o.model, o.revision, o.trust_remote_code)
 
     def preprocess(self, batch):
         from PIL import Image
 
-        proc = self._proc()
+        proc = self._hf(_processor)
         images, errors = [], []
         for path in batch["path"]:
             try:
@@ -328,20 +334,10 @@ class HFImageEncoder(Encoder):
         return out
 
     def _load(self, device: str) -> None:
-        o = self.opts
-        dtype = resolve_dtype(o.dtype, device)
-        cls = vision_model_class(self.options["model_type"])
+        model_type = self.options["model_type"]
         # A vision tower read from a full dual-encoder checkpoint skips the text tower's weights on purpose:
         # hide transformers' load report (a table of "UNEXPECTED" text keys) in that case only.
-        with _quiet_transformers(self.options["model_type"] in ("siglip", "clip")):
-            model = cls.from_pretrained(
-                o.model,
-                revision=o.revision,
-                token=_token(),
-                dtype=dtype,
-                trust_remote_code=o.trust_remote_code,
-            )
-        self._rt["model"], self._rt["dtype"] = model.to(device).eval(), dtype
+        self._load_model(vision_model_class(model_type), device, quiet=model_type in ("siglip", "clip"))
 
     def _embed(self, batch):
         import torch

@@ -17,6 +17,9 @@ downloads the release checkpoint from GitHub on first use, cached by torch hub);
 a local state dict (safetensors, or a ``.pt`` read with ``weights_only=True``). ``pretrained=False``
 gives random weights; with ``embed_dim`` / ``depth`` / ``num_heads`` it builds a smaller PaSST of the
 same class for tests (the real architecture, just narrower and shallower).
+
+:func:`build_passt` builds the log-mel front-end and the network (constants defined once, below); the
+encoder wraps them for inference and ``e2i finetune`` (e2i.finetune.model) trains the same two parts.
 """
 
 from __future__ import annotations
@@ -29,11 +32,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from e2i.corpus.audio import SAMPLE_RATE
 from e2i.encoders.base import DTYPES, Encoder, check_choice, preprocess_audio, resolve_dtype
 from e2i.errors import CheckpointError
 
-SAMPLE_RATE = 32000
+# PaSST's log-mel front-end (hear21passt's AugmentMelSTFT), the same for embedding and fine-tuning.
+N_MELS = 128
+WIN_LENGTH, N_FFT = 800, 1024  # 25 ms Hann window at 32 kHz, zero-padded to a 1024-point FFT
 HOP = 320  # mel hop in samples (10 ms) -> 100 frames per second
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP
+FMIN_AUG_RANGE, FMAX_AUG_RANGE = 10, 2000  # training mode: random shifts of the mel band edges (Hz)
+FMAX = SAMPLE_RATE // 2 - FMAX_AUG_RANGE // 2  # 15 kHz top mel edge (hear21passt's value for fmax=None)
+FREQM, TIMEM = 48, 192  # hear21passt's SpecAugment mask widths (mel bins, frames); training mode only
 N_CLASSES = 527  # AudioSet
 # arch -> (patch stride, input time frames). Window = frames / 100 s.
 ARCHS = {
@@ -76,7 +86,7 @@ class PasstOptions:
 
     @property
     def window_seconds(self) -> float:
-        return round(ARCHS[self.arch][1] / 100)
+        return round(ARCHS[self.arch][1] / FRAMES_PER_SECOND)
 
 
 def plan_segments(lengths: list[int], window: int, quantum: int) -> list[tuple[int, int, int, int]]:
@@ -107,74 +117,12 @@ class PasstEncoder(Encoder):
 
     # ------------------------------------------------------------------ model
     def _load(self, device: str) -> None:
-        from hear21passt.models import passt as passt_mod
-        from hear21passt.models.preprocess import AugmentMelSTFT
         from hear21passt.wrapper import PasstBasicWrapper
 
-        _quiet_passt_warnings()
-        passt_mod.first_RUN = False  # its forward prints tensor shapes on the first call otherwise
-        with contextlib.redirect_stdout(io.StringIO()):  # get_model prints the whole network
-            mel = AugmentMelSTFT(
-                n_mels=128,
-                sr=SAMPLE_RATE,
-                win_length=800,
-                hopsize=HOP,
-                n_fft=1024,
-                freqm=48,
-                timem=192,
-                htk=False,
-                fmin=0.0,
-                fmax=None,
-                norm=1,
-                fmin_aug_range=10,
-                fmax_aug_range=2000,
-            )
-            net = self._build_net(passt_mod)
-        if self.opts.weights:
-            _load_state(net, self.opts.weights)
+        mel, net = build_passt(self.opts)
         model = PasstBasicWrapper(mel=mel, net=net, mode=OUTPUTS[self.opts.output]).to(device).eval()
         self._rt["model"] = model
         self._rt["dtype"] = resolve_dtype(self.opts.dtype, device)
-
-    def _build_net(self, passt_mod):
-        o = self.opts
-        stride, tdim = ARCHS[o.arch]
-        if o.embed_dim is None and o.depth is None and o.num_heads is None:
-            download = o.pretrained and not o.weights
-            try:  # pretrained: hear21passt fetches the release checkpoint (torch hub cache)
-                return passt_mod.get_model(
-                    arch=o.arch,
-                    pretrained=download,
-                    n_classes=N_CLASSES,
-                    in_channels=1,
-                    fstride=stride,
-                    tstride=stride,
-                    input_fdim=128,
-                    input_tdim=tdim,
-                )
-            except (OSError, RuntimeError) as e:  # URLError is an OSError
-                if not download:
-                    raise
-                raise CheckpointError(
-                    f"passt: cannot load pretrained weights of {o.arch} ({str(e).splitlines()[0]}); "
-                    "check the network or pass weights=PATH"
-                ) from None
-        # Same class and patching as the arch, smaller transformer, random weights.
-        net = passt_mod.PaSST(
-            u_patchout=0,
-            s_patchout_t=0,
-            s_patchout_f=0,
-            img_size=(128, tdim),
-            patch_size=16,
-            stride=(stride, stride),
-            in_chans=1,
-            num_classes=N_CLASSES,
-            embed_dim=o.embed_dim or 768,
-            depth=o.depth or 12,
-            num_heads=o.num_heads or 12,
-            distilled=True,
-        )
-        return passt_mod.fix_embedding_layer(net)
 
     # ------------------------------------------------------------------ embedding
     def _embed(self, batch):
@@ -206,6 +154,80 @@ class PasstEncoder(Encoder):
                         sums[row] += length * emb[j]
                         weights[row] += length
         return (sums / weights.clamp_min(1)[:, None]).float().numpy()
+
+
+def build_passt(opts: PasstOptions, *, freqm: int = FREQM, timem: int = TIMEM):
+    """(mel front-end, PaSST net) for ``opts``: the one place both are built, for the encoder and for
+    ``e2i finetune`` (which passes its own SpecAugment widths ``freqm``/``timem``; 0 = no mask).
+
+    mel: (B, S) waveform at 32 kHz -> (B, 128, S / 320) log-mel frames. net: weights from
+    hear21passt's release (``pretrained``), from ``weights=PATH``, or random (with the size overrides).
+    hear21passt's prints (the whole network, the first forward's shapes) are silenced."""
+    from hear21passt.models import passt as passt_mod
+    from hear21passt.models.preprocess import AugmentMelSTFT
+
+    _quiet_passt_warnings()
+    passt_mod.first_RUN = False  # its forward prints tensor shapes on the first call otherwise
+    mel = AugmentMelSTFT(
+        n_mels=N_MELS,
+        sr=SAMPLE_RATE,
+        win_length=WIN_LENGTH,
+        hopsize=HOP,
+        n_fft=N_FFT,
+        freqm=freqm,
+        timem=timem,
+        htk=False,
+        fmin=0.0,
+        fmax=FMAX,
+        norm=1,
+        fmin_aug_range=FMIN_AUG_RANGE,
+        fmax_aug_range=FMAX_AUG_RANGE,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # get_model prints the whole network
+        net = _build_net(opts, passt_mod)
+    if opts.weights:
+        _load_state(net, opts.weights)
+    return mel, net
+
+
+def _build_net(o: PasstOptions, passt_mod):
+    stride, tdim = ARCHS[o.arch]
+    if o.embed_dim is None and o.depth is None and o.num_heads is None:
+        download = o.pretrained and not o.weights
+        try:  # pretrained: hear21passt fetches the release checkpoint (torch hub cache)
+            return passt_mod.get_model(
+                arch=o.arch,
+                pretrained=download,
+                n_classes=N_CLASSES,
+                in_channels=1,
+                fstride=stride,
+                tstride=stride,
+                input_fdim=N_MELS,
+                input_tdim=tdim,
+            )
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            if not download:
+                raise
+            raise CheckpointError(
+                f"passt: cannot load pretrained weights of {o.arch} ({str(e).splitlines()[0]}); "
+                "check the network or pass weights=PATH"
+            ) from None
+    # Same class and patching as the arch, smaller transformer, random weights.
+    net = passt_mod.PaSST(
+        u_patchout=0,
+        s_patchout_t=0,
+        s_patchout_f=0,
+        img_size=(N_MELS, tdim),
+        patch_size=16,
+        stride=(stride, stride),
+        in_chans=1,
+        num_classes=N_CLASSES,
+        embed_dim=o.embed_dim or 768,
+        depth=o.depth or 12,
+        num_heads=o.num_heads or 12,
+        distilled=True,
+    )
+    return passt_mod.fix_embedding_layer(net)
 
 
 def _quiet_passt_warnings() -> None:

@@ -31,7 +31,7 @@ import torch
 from e2i.train.checkpoint import load_into, load_weights
 from e2i.config import TrainConfig, load_train_config
 from e2i.errors import ConfigError
-from e2i.store.core import load_split
+from e2i.store import load_split
 from e2i.train.loop import SplitTensors, embed_split
 
 RESULTS_DIR = "evaluation_results"

@@ -17,7 +17,7 @@ Conventions:
 - Failures are retried with exponential backoff (``attempts`` tries, waiting ``backoff * 2**k`` s) and
   then reported in :class:`MirrorReport`; the rest of that sync is reported as not attempted (the next
   sync tries them again). Nothing is ever written or deleted in the local store.
-- S3: pyarrow's S3 filesystem (:func:`e2i.store.core.open_fs`): endpoint from ``AWS_ENDPOINT_URL[_S3]``
+- S3: pyarrow's S3 filesystem (:func:`e2i.store.fs.open_fs`): endpoint from ``AWS_ENDPOINT_URL[_S3]``
   (S3-compatible stores such as MinIO, moto), keys from the AWS env variables. An object appears only
   when its upload completes, so no temporary names are needed there. Local targets use tmp + rename.
 - Hugging Face: ``huggingface_hub.HfApi`` (``create_commit`` of up to 500 data files at a time, then
@@ -37,11 +37,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2i.errors import ConfigError
+import pyarrow.fs as pafs
 
-MANIFEST = "manifest.json"
-REJECTED = "rejected.parquet"
-SHARD_DIRS = ("items", "captions")
+from e2i.errors import ConfigError
+from e2i.store.fs import open_fs
+from e2i.store.schema import KINDS, MANIFEST, REJECTED
+
 IMAGES_DIR = "pseudo_images"
 
 
@@ -90,7 +91,7 @@ def split_files(split_dir: str | os.PathLike, *, embeddings: bool = True, images
     root = Path(split_dir)
     files: list[str] = []
     if embeddings:
-        for kind in SHARD_DIRS:
+        for kind in KINDS:
             d = root / kind
             if d.is_dir():
                 files += sorted(f"{kind}/{p.name}" for p in d.iterdir() if _complete(p, ".parquet"))
@@ -164,10 +165,6 @@ class _ArrowTarget(_Target):
     """Local directory or S3 via pyarrow.fs (local: tmp + rename so readers never see half a file)."""
 
     def __init__(self, uri: str) -> None:
-        import pyarrow.fs as pafs
-
-        from e2i.store.core import open_fs
-
         self.fs, self.root = open_fs(uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 

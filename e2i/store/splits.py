@@ -23,7 +23,8 @@ import posixpath
 import numpy as np
 
 from e2i.errors import ConfigError
-from e2i.store.core import load_split, split_exists, subset_split, write_split
+from e2i.store.reader import load_split, split_exists, subset_split
+from e2i.store.writer import write_split
 
 SPLIT_NAMES = ("train", "val", "test", "train_subset")
 DISJOINT = ("train", "val", "test")  # carved from the shuffled items in this order

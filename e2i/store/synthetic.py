@@ -1,7 +1,7 @@
 """Synthetic-latent stores: two "modalities" that share a hidden latent, for tests and benchmarks.
 
     root = make_synthetic_store("stores/syn", n_items=1000, difficulty=0.5, seed=0)
-    # -> stores/syn/{train,val,test,train_subset}, readable by e2i.store.core.load_split
+    # -> stores/syn/{train,val,test,train_subset}, readable by e2i.store.load_split
 
 Generative model (all random draws come from ``numpy.random.default_rng`` streams derived from
 ``seed``, so the same arguments give the same bytes):
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from e2i.store.core import SplitData, write_split
+from e2i.store.reader import SplitData
+from e2i.store.writer import write_split
 
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 _STREAMS = ("item_map", "caption_map", "latent", "item_noise", "caption_noise")
@@ -164,7 +165,7 @@ def make_synthetic_store(
     hidden: int = 128,
     dataset: str = "synthetic",
 ) -> Path:
-    """Write ``<root>/{train,val,test,train_subset}`` (or the split names given) with e2i.store.core.write_split.
+    """Write ``<root>/{train,val,test,train_subset}`` (or the split names given) with e2i.store.write_split.
 
     ``splits`` maps split name -> item count (int) or fraction of ``n_items`` (float); default
     70/15/15 %. The manifest records the generator's parameters under ``synthetic`` and declares

@@ -1,13 +1,16 @@
-"""`e2i train CONFIG`: projection heads on a store with Ray Train, and the run directory it writes.
+"""`e2i train CONFIG` as a function: projection heads on a store with Ray Train, and the run
+directory it writes.
 
 Three layers (as Ray's train/tune interop recommends):
 
-1. :func:`e2i.train.loop.run_training` (re-exported here) — the loop one worker runs; also used by
-   ``e2i.tune.search`` inside function trainables.
-2. :func:`fit` — the driver: a ``ray.train.torch.TorchTrainer`` (Ray Train V2 API of Ray 2.60:
-   ``ray.train.ScalingConfig/RunConfig/FailureConfig/CheckpointConfig``, ``ray.train.report``,
-   ``ray.train.get_checkpoint``) with one ``run_training`` per worker, then the run directory.
-3. ``e2i train`` (:func:`add_arguments` / :func:`run`), incl. ``--seeds 0,1,2`` (mean ± std table).
+1. :func:`e2i.train.loop.run_training` — the loop one worker runs; also used by
+   ``e2i.tune.trial`` inside function trainables.
+2. :func:`fit` (this module) — the driver: a ``ray.train.torch.TorchTrainer`` (Ray Train V2 API of
+   Ray 2.60: ``ray.train.ScalingConfig/RunConfig/FailureConfig/CheckpointConfig``,
+   ``ray.train.report``, ``ray.train.get_checkpoint``) with one ``run_training`` per worker, then the
+   run directory. :func:`train_local` is the same without Ray.
+3. ``e2i train`` (:mod:`e2i.train.cli`), incl. ``--seeds 0,1,2`` (:mod:`e2i.train.seeds`: mean ± std
+   table). Rank 0 logs each epoch through :mod:`e2i.train.epoch_log`.
 
 Run directory ``<output_dir>/<name>/``::
 
@@ -31,103 +34,22 @@ deleted first, so a new run never silently continues an old one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from e2i.train.checkpoint import MODEL_FILE, read_progress
-from e2i.config import TrainConfig, load_train_config, save_train_config, train_config_from_dict
+from e2i.config import TrainConfig, save_train_config, train_config_from_dict
 from e2i.errors import CheckpointError, E2IError
+from e2i.train.checkpoint import MODEL_FILE, read_progress
+from e2i.train.epoch_log import EpochLogger
 from e2i.train.loop import pick_device, run_training
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
-CONSOLE_METRICS = ("train/loss", "val/loss", "val/recall@1", "val/recall@10", "val/mAP@10")
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-epoch logging on rank 0: console, TensorBoard, W&B
-
-
-def format_epoch(metrics: dict, epochs: int) -> str:
-    """One console line: 'epoch  3/20  train/loss 2.3100  val/recall@1 0.4120 ...  lr 9.1e-04  1.2s'."""
-    parts = [f"epoch {metrics['epoch']:>3}/{epochs}"]
-    parts += [f"{k} {metrics[k]:.4f}" for k in CONSOLE_METRICS if k in metrics]
-    parts += [f"lr {metrics.get('lr', 0):.2e}", f"{metrics.get('time/epoch_s', 0):.1f}s"]
-    return "  ".join(parts)
-
-
-class EpochLogger:
-    """Console line + TensorBoard scalars + W&B log per epoch (a no-op object on ranks > 0)."""
-
-    def __init__(
-        self, cfg: TrainConfig, run_dir: str | os.PathLike, *, enabled: bool, raw_stdout: bool = False
-    ) -> None:
-        self.cfg, self.enabled, self.raw_stdout, self.tb, self.wandb = cfg, enabled, raw_stdout, None, None
-        if not enabled:
-            return
-        if cfg.logging.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        if cfg.logging.use_wandb:
-            self.wandb = init_wandb(cfg, run_dir)
-
-    def __call__(self, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        self.say(format_epoch(metrics, self.cfg.optim.epochs))
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
-        if self.tb is not None:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, global_step=metrics["epoch"])
-            self.tb.flush()
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=metrics["epoch"])
-
-    def say(self, text: str) -> None:
-        """One console line. In a Ray Train worker ``print`` is patched to log *and* tee (two lines),
-        so write to file descriptor 1, which Ray streams to the driver once."""
-        line = f"[{self.cfg.name}] {text}\n"
-        if self.raw_stdout:
-            os.write(1, line.encode())
-        else:
-            print(line, end="", flush=True)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def init_wandb(cfg: TrainConfig, run_dir: str | os.PathLike):
-    """A W&B run (offline when WANDB_API_KEY is unset); project/entity/name from cfg.logging."""
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(
-        project=cfg.logging.wandb_project,
-        entity=cfg.logging.wandb_entity,
-        name=cfg.logging.run_name or cfg.name,
-        config=cfg.to_dict(),
-        dir=str(run_dir),
-        mode=mode,
-        reinit="finish_previous",
-        settings=wandb.Settings(quiet=True),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Ray Train
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -343,150 +265,3 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         flush=True,
     )
     return summary
-
-
-# --------------------------------------------------------------------------------------------------
-# Several seeds
-
-
-def fit_seeds(cfg: TrainConfig, seeds: list[int], *, resume: bool = False, evaluate: bool = True) -> dict:
-    """Train one run per seed under ``<run_dir>/seed<S>/`` and summarise mean ± std over seeds.
-
-    Summarised: the test metrics when evaluated, else the best validation metrics. Writes
-    ``<run_dir>/seeds.json`` and prints a table. With ``resume``, seeds that have checkpoints resume.
-    """
-    runs = []
-    for seed in seeds:
-        sub = cfg.replace({"seed": seed, "name": f"seed{seed}", "output_dir": cfg.run_dir})
-        runs.append(fit(sub, resume=resume and bool(epoch_checkpoints(sub.run_dir)), evaluate=evaluate))
-    summary = {
-        "name": cfg.name,
-        "seeds": seeds,
-        "summary": seed_summary(runs, "test" if evaluate else "best"),
-    }
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / "seeds.json").write_text(json.dumps(summary, indent=1))
-    print_seed_table(summary)
-    return summary
-
-
-def seed_summary(runs: list[dict], section: str) -> dict[str, dict]:
-    """{metric: {mean, std (sample, ddof=1; 0 for one seed), values}} over runs[i][section] scalars."""
-    keys = [
-        k
-        for k, v in runs[0][section].items()
-        if isinstance(v, (int, float))
-        and not k.endswith("num_queries")
-        and k not in ("epoch", "step")
-        and not k.startswith("time/")
-    ]
-    out = {}
-    for key in keys:
-        values = np.array([float(r[section][key]) for r in runs])
-        out[key] = {
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "values": values.tolist(),
-        }
-    return out
-
-
-def print_seed_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{summary['name']}: mean ± std over seeds {', '.join(map(str, summary['seeds']))}")
-    table.add_column("metric")
-    table.add_column("mean ± std", justify="right")
-    table.add_column("per seed", justify="right")
-    for key, s in summary["summary"].items():
-        table.add_row(key, f"{s['mean']:.4f} ± {s['std']:.4f}", "  ".join(f"{v:.4f}" for v in s["values"]))
-    Console().print(table)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config", help="train config YAML (e.g. configs/siglip.yaml or <run dir>/config.yaml)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in <output_dir>/<name>/ from its last checkpoint",
-    )
-    parser.add_argument(
-        "--num-workers", type=int, help="Ray Train workers (data parallel); scaling.num_workers"
-    )
-    parser.add_argument(
-        "--use-gpu",
-        action="store_true",
-        default=None,
-        help="request one GPU per worker (CPU fallback when there is none)",
-    )
-    parser.add_argument(
-        "--use-wandb",
-        action="store_true",
-        default=None,
-        help="log to Weights & Biases (offline mode when WANDB_API_KEY is unset)",
-    )
-    parser.add_argument("--wandb-project", help="W&B project (logging.wandb_project)")
-    parser.add_argument("--wandb-entity", help="W&B entity/team (logging.wandb_entity)")
-    parser.add_argument("--run-name", help="W&B run name (logging.run_name; default: the config name)")
-    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: train each, report mean ± std")
-    parser.add_argument(
-        "--no-evaluate", action="store_true", help="skip the test-split evaluation after training"
-    )
-    parser.add_argument("--output-dir", help="root of run directories (output_dir; default: results)")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config file with --set overrides, then the dedicated flags on top."""
-    flags = {
-        "scaling.num_workers": args.num_workers,
-        "scaling.use_gpu": args.use_gpu,
-        "logging.use_wandb": args.use_wandb,
-        "logging.wandb_project": args.wandb_project,
-        "logging.wandb_entity": args.wandb_entity,
-        "logging.run_name": args.run_name,
-        "output_dir": args.output_dir,
-    }
-    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_train_config(args.config, [*args.overrides, *extra])
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        from e2i.errors import ConfigError
-
-        raise ConfigError(f"--seeds: expected distinct comma-separated integers like 0,1,2, got {text!r}")
-    return seeds
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.seeds:
-        fit_seeds(cfg, parse_seeds(args.seeds), resume=args.resume, evaluate=not args.no_evaluate)
-    else:
-        fit(cfg, resume=args.resume, evaluate=not args.no_evaluate)
-    return 0
-
-
-if __name__ == "__main__":
-    from e2i.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,7 +1,7 @@
 """The per-worker training loop of projection heads (no Ray import: Ray Train / Tune call it).
 
 :func:`run_training` runs unchanged inside a ``TorchTrainer`` worker (``e2i.train.driver.fit``), inside a
-Ray Tune function trainable (``e2i.tune.search``) or in a plain process (tests). It calls
+Ray Tune function trainable (``e2i.tune.trial``) or in a plain process (tests). It calls
 ``report(metrics, checkpoint_dir)`` once per epoch; ``checkpoint_dir`` (rank 0 only, else None)
 exists only during the call: copy it (``ray.train.report`` / ``ray.tune.report`` do).
 
@@ -45,9 +45,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from e2i.train.checkpoint import load_checkpoint, save_checkpoint
 from e2i.config import LossConfig, TrainConfig
-from e2i.store.core import SplitData, load_split, subset_split
+from e2i.store import SplitData, load_split, subset_split
+from e2i.train.checkpoint import load_checkpoint, save_checkpoint
+from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
 
 Report = Callable[[dict, str | None], None]
 EVAL_CHUNK = 4096  # rows per forward pass when embedding a whole split
@@ -90,46 +91,6 @@ def global_batches(num_rows: int, batch_size: int, world_size: int) -> tuple[int
     if size == 0:
         raise ValueError(f"{num_rows} caption rows cannot be split over {world_size} workers")
     return num_rows // size, size // world_size
-
-
-# --------------------------------------------------------------------------------------------------
-# Distributed helpers (torch.distributed only; Ray Train initialises the process group)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _broadcast_parameters(model: torch.nn.Module, world: int) -> None:
-    if world > 1:
-        for tensor in model.state_dict().values():
-            torch.distributed.broadcast(tensor, src=0)
-
-
-def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Mean of the gradients over workers (one flat all_reduce), as DDP does."""
-    if world == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
-        offset += g.numel()
-
-
-def _agree(flag: bool, world: int) -> bool:
-    """Rank 0's decision for everyone (early stopping must not split the workers)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([int(flag)])
-    torch.distributed.broadcast(t, src=0)
-    return bool(t.item())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +231,7 @@ def run_training(
         model.bias.requires_grad_(False)
     optimizer = build_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    _broadcast_parameters(model, world)
+    broadcast_parameters(model, world)
 
     progress = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_from:
@@ -332,7 +293,7 @@ def run_training(
         progress["epoch"] = epoch + 1
         progress["history"].append(metrics)
         patience = cfg.optim.early_stopping_patience
-        stop = _agree(patience > 0 and progress["bad_epochs"] >= patience, world)
+        stop = agree(patience > 0 and progress["bad_epochs"] >= patience, world)
         _report_epoch(report, metrics, rank, model, optimizer, loss_fn, progress, cfg)
         if stop:
             stopped_early = progress["epoch"] < cfg.optim.epochs
@@ -356,7 +317,7 @@ def _optimizer_step(
     """Average grads over workers, clip, set the scheduled lr, step; returns the new step count."""
     if scaler:
         scaler.unscale_(optimizer)
-    _average_gradients(params, world)
+    average_gradients(params, world)
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     lr = lr_at(step, peak=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps)

@@ -79,7 +79,7 @@ def read_tune_results(experiment: str) -> dict[int, list[dict]]:
     """{optuna trial number: [result rows]} from Tune's ``<trial dir>/result.json`` (local or s3://)."""
     import pyarrow.fs as pafs
 
-    from e2i.store.core import open_fs
+    from e2i.store import open_fs
 
     try:
         fs, root = open_fs(experiment)

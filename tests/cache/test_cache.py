@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from e2i.cache import pipeline as cache
+from e2i import cache
 from e2i.errors import ConfigError, CorpusError
-from e2i.store.core import load_split, verify_store
+from e2i.store import load_split, verify_store
 
 LIGHT = {"audio_encoder": "logmel-stats", "text_encoder": "ngram-hash"}
 LIGHT_FLAGS = ["--audio-encoder", "logmel-stats", "--text-encoder", "ngram-hash"]
@@ -193,7 +193,7 @@ def test_cpu_pool_keeps_preprocessing_in_separate_tasks(ray_local):
 
 def test_embed_batch_rejects_non_finite_rows():
     """An encoder that overflows on one valid row (e.g. fp16): that row gets an error and a zero vector."""
-    from e2i.encoders.light import NgramHashEncoder
+    from e2i.encoders import NgramHashEncoder
 
     class Overflowing(NgramHashEncoder):
         def _embed(self, batch):
@@ -223,7 +223,7 @@ def test_mirror_to_s3_during_and_after_the_run(light_run):
 
 
 def test_pseudo_images_are_written_and_mirrored(light_run, s3):
-    from e2i.cache.images import png_name, read_pseudo_image
+    from e2i.cache.pseudo_image import png_name, read_pseudo_image
 
     summary, out, _, _ = light_run
     assert summary["images"]["counts"] == {"audio": N_ITEMS, "text": 5 * N_ITEMS}
@@ -443,7 +443,7 @@ def test_corpus_kind_inference(toy_root, tmp_path):
 
 def test_use_gpu_requests_gpus_before_any_gpu_node_is_up():
     """On an autoscaling cluster scaled to zero the pool must still ask for GPUs (so nodes get added)."""
-    from e2i.cache.pipeline import pool_resources
+    from e2i.cache.embed import pool_resources
 
     res = pool_resources({"CPU": 2.0}, num_actors=3, use_gpu=True)
     assert res["num_gpus"] == 1 and res["compute"].min_size == 3

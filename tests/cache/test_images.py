@@ -17,7 +17,7 @@ from e2i.cache import image_export
 
 from e2i.cache import images
 from e2i.errors import ConfigError
-from e2i.cache.images import (
+from e2i.cache.pseudo_image import (
     embedding_to_image,
     grid_side,
     image_to_embedding,
@@ -26,7 +26,7 @@ from e2i.cache.images import (
     read_pseudo_image,
     value_range,
 )
-from e2i.store.core import StoreWriter, make_captions_table, make_items_table
+from e2i.store import StoreWriter, make_captions_table, make_items_table
 
 
 # ------------------------------------------------------------------------------------------ layout

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2i.corpus import download as dl
 from e2i.cli import main as cli_main
+from e2i.corpus import download as dl
 from e2i.errors import E2IError
 
 
@@ -123,8 +123,8 @@ def test_download_extract_and_report_spaces(server, tmp_path):
 
 
 def test_renamed_files_are_found_by_the_clotho_reader(server, tmp_path):
-    pytest.importorskip("e2i.corpus.sources")
-    from e2i.corpus.sources import read_corpus
+    pytest.importorskip("e2i.corpus.readers")
+    from e2i.corpus import read_corpus
 
     spec = dl.DatasetSpec("toyclotho", server.url, _make_clotho_like(server.root), "test")
     dl.download_dataset(spec, tmp_path / "data", splits=["development"], rename=True, progress=False)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from e2i.corpus import READERS, Corpus, Item, curate_caption, read_corpus
 from e2i.errors import CorpusError
-from e2i.corpus.sources import READERS, Corpus, Item, curate_caption, read_corpus
 
 HEADER = ["file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2i.corpus.sources import read_corpus
+from e2i.corpus import read_corpus
 from e2i.corpus.toy import KINDS, PITCH_HZ, SAMPLE_RATE, make_toy_corpus
 
 

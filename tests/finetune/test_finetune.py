@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny_models import TINY_PASST, tiny_roberta
 
-from e2i.finetune import core as ft
+from e2i import finetune as ft
 from e2i.cli import main as cli_main
 from e2i.errors import CheckpointError, ConfigError
 

@@ -32,7 +32,7 @@ from reliability_helpers import (
 )
 
 from e2i.errors import CheckpointError
-from e2i.store.core import load_split, write_split
+from e2i.store import load_split, write_split
 
 
 # ========================================================================================= corpus

@@ -33,7 +33,7 @@ from reliability_helpers import (
 )
 
 from e2i.config import TrainConfig, load_train_config, save_train_config
-from e2i.store.core import load_split, open_fs, verify_store
+from e2i.store import load_split, open_fs, verify_store
 
 CACHE_FLAGS = [*LIGHT_FLAGS, "--batch-size", "8", "--shard-size", "8"]
 

@@ -10,11 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from e2i.store import legacy
-
-from e2i.store import core as store
 from e2i.errors import StoreError
-from e2i.store.core import load_split, verify_store
+from e2i.store import cli as store
+from e2i.store import legacy, load_split, verify_store
 
 
 def test_pt_pairs_with_paths_group_pairs_into_items(tmp_path):

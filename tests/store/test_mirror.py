@@ -11,8 +11,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from e2i.errors import ConfigError
+from e2i.store import StoreWriter, load_split, make_captions_table, make_items_table, verify_store
 from e2i.store.mirror import Mirror, hf_uri, remote_root, split_files
-from e2i.store.core import StoreWriter, load_split, make_captions_table, make_items_table, verify_store
 
 ENCODERS = {"audio": {"name": "logmel-stats", "dim": 6}, "text": {"name": "ngram-hash", "dim": 4}}
 

@@ -7,10 +7,9 @@ import argparse
 import numpy as np
 import pytest
 
-from e2i.store import splits
 from e2i.errors import ConfigError
+from e2i.store import StoreWriter, load_split, make_captions_table, make_items_table, splits
 from e2i.store.splits import assign_splits, parse_spec
-from e2i.store.core import StoreWriter, load_split, make_captions_table, make_items_table
 
 
 def ids(n):

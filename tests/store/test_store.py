@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e2i.store import core as store
+from e2i import store
 from e2i.errors import StoreError
-from e2i.store.core import StoreWriter, load_split, make_captions_table, make_items_table, verify_store
+from e2i.store import StoreWriter, load_split, make_captions_table, make_items_table, verify_store
 
 ENCODERS = {"audio": {"name": "logmel-stats", "dim": 8}, "text": {"name": "ngram-hash", "dim": 4}}
 
@@ -321,7 +321,7 @@ def test_s3_round_trip_with_moto_server(tmp_path, monkeypatch):
 
 
 def test_many_row_groups_and_sliced_tables(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "_ROW_GROUP_BYTES", 1)  # 1024-row groups: several Arrow chunks per shard
+    monkeypatch.setattr("e2i.store.writer._ROW_GROUP_BYTES", 1)  # 1024-row groups: several Arrow chunks per shard
     a = toy_arrays(n_items=2600, caps_per_item=1, di=4, dc=3)
     table = make_items_table(a["item_ids"], [""] * 2600, a["item_emb"])
     w = StoreWriter(tmp_path / "s", dataset="d", split="s")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from e2i.store.core import load_split
+from e2i.store import load_split
 from e2i.store.synthetic import make_synthetic_store, synthetic_splits
 
 

@@ -21,14 +21,16 @@ import torch
 from fake_cluster import run_command
 from servers import get_json, tensorboard, tensorboard_scalars
 
-from e2i.train.checkpoint import read_progress
 from e2i.cli import build_parser, main
 from e2i.config import TrainConfig, load_train_config, resolve_config_paths, save_train_config
 from e2i.errors import CheckpointError
-from e2i.store.core import load_split
+from e2i.store import load_split
 from e2i.store.synthetic import make_synthetic_store, synthetic_splits
-from e2i.train.driver import config_from_args, epoch_checkpoints, fit, seed_summary
+from e2i.train.checkpoint import read_progress
+from e2i.train.cli import config_from_args
+from e2i.train.driver import epoch_checkpoints, fit
 from e2i.train.loop import global_batches, lr_at, run_training
+from e2i.train.seeds import seed_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 E2I = str(Path(sys.executable).with_name("e2i"))  # the console script a user runs

@@ -22,16 +22,16 @@ from optuna.trial import TrialState
 
 from e2i.config import load_train_config
 from e2i.errors import E2IError
-from e2i.tune.space import load_space
 from e2i.store.synthetic import make_synthetic_store
-from e2i.tune.search import (
+from e2i.tune.optuna_search import (
     FAIL_REASON,
     FAIL_REASON_ORPHAN,
     TRIAL_KEY,
     E2IOptunaSearch,
     RecordingASHA,
-    tune_space,
 )
+from e2i.tune.search import tune_space
+from e2i.tune.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -160,7 +160,7 @@ def test_budget_and_study_repair_on_restore(tmp_path):
 def test_small_search_end_to_end(ray_local, syn_store, tmp_path):
     from servers import get_json, optuna_dashboard, tensorboard, tensorboard_scalars
 
-    from e2i.train.driver import run_training
+    from e2i.train import run_training
     from e2i.train.loop import load_data
 
     # fractional GPUs: the session's Ray has 2 logical GPUs, torch has none (trials fall back to CPU)
