@@ -5,8 +5,10 @@ Ray instance, as a user would) and samples the summed PSS/RSS of its whole proce
 process, raylet, GCS, Ray Data / Train / Tune workers) every 0.2 s. Its output is streamed through and
 each ``=== k/6 step ===`` header is timestamped, so the table also shows where the time goes.
 
-Targets: the demo "finishes in minutes on 2 cores": wall time <= 10 minutes, and it fits a small
-machine: peak memory (PSS) <= 8 GiB. The defaults are `make demo`'s (300 clips, 8 tune trials).
+Targets: `make demo` <= 90 s on 2 cores (the performance issue's target; it trains one head in-process,
+tunes 8 trials on Ray Tune, retrains the best in-process and evaluates both), and it fits a small
+machine: peak memory (PSS) <= 8 GiB. The defaults are `make demo`'s (300 clips, 8 tune trials); the
+time target applies to them (the --quick run is far smaller).
 
     python benchmarks/bench_demo.py [--quick] [--json out.json] [--n-items 300] [--tune-samples 8]
 """
@@ -28,7 +30,7 @@ from procmem import TreeMemorySampler  # noqa: E402
 BENCH = "end to end"
 FULL = {"n_items": 300, "tune_samples": 8, "extra": []}
 QUICK = {"n_items": 40, "tune_samples": 2, "extra": ["--epochs", "2", "--tune-epochs", "2"]}
-BUDGET_S = 600.0  # "finishes in minutes": 10 min on 2 cores
+BUDGET_S = 90.0  # `make demo` <= 90 s on 2 cores
 BUDGET_BYTES = 8 * (1 << 30)  # fits a laptop / small VM
 STEP = re.compile(r"^=== (\d+/\d+) (.*) ===\s*$")
 
@@ -71,7 +73,7 @@ def run(quick: bool = False, work: Path | None = None, n_items: int | None = Non
     peak, wall = res["peak"], res["wall"]
     what = f"e2i demo --n-items {size['n_items']} --tune-samples {size['tune_samples']} {' '.join(size['extra'])}"
     results = [
-        Result(BENCH, f"wall time of `{what.strip()}` vs a 10-minute budget",
+        Result(BENCH, f"wall time of `{what.strip()}` vs a {BUDGET_S:.0f} s budget",
                f"{wall:.0f} s vs {BUDGET_S:.0f} s", wall / BUDGET_S, "<=", 1.0, unit="%"),
         Result(BENCH, "peak memory (PSS of the demo's process tree incl. Ray) vs an 8 GiB budget",
                f"{harness.fmt_bytes(peak.pss)} vs {harness.fmt_bytes(BUDGET_BYTES)} "

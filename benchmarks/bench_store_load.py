@@ -10,7 +10,7 @@ page cache next to other work on the machine, so each variant gets one untimed r
 cold cache every variant would be bound by the disk, which says nothing about the loader.
 
 Figures: seconds of ``load_split(with_text=False)`` (what training uses) vs the raw read, as a speed
-ratio (raw seconds / load seconds, target >= 0.5), and for information: ``with_text=True`` (also
+ratio (raw seconds / load seconds, target >= 0.8), and for information: ``with_text=True`` (also
 paths and caption text), pyarrow alone reading the shards' ``embedding`` columns (how much of the
 time is parquet decoding the ``fixed_size_list`` as a nested list, level by level), and pyarrow
 reading the same float32 rows stored as a parquet ``fixed_size_binary(4 D)`` column (one value per
@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import Result  # noqa: E402
+import harness
+from harness import Result
 
 BENCH = "store loading"
 FULL = {"items": 200_000, "captions_per_item": 4, "dim": 512}
 QUICK = {"items": 4_000, "captions_per_item": 4, "dim": 64}
-TARGET = 0.5  # load speed >= half the raw read speed
+TARGET = 0.8  # load speed >= 0.8 x the raw read speed (issue 16)
 
 
 def make_split(n_items: int, per_item: int, dim: int, seed: int = 0):
@@ -141,7 +141,7 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list
         def load(with_text: bool):
             return lambda: load_split(split_dir, with_text=with_text)
 
-        raw_read = lambda: read_raw(raw, nbytes)  # noqa: E731
+        raw_read = lambda: read_raw(raw, nbytes)
         first = binary_rows(binary_dir / "part-00000.parquet", dim)  # (n, D), the first item rows
         assert np.array_equal(first.reshape(-1), raw_read()[:first.size]), "binary layout != raw values"
         fns = {"raw": raw_read, "load": load(False), "load_text": load(True),
@@ -156,7 +156,7 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list
                 runs.append(harness.timed(fn)[0])
             best[key] = min(runs)
 
-    gbps = lambda s: nbytes / s / 1e9  # noqa: E731  GB/s of float32 payload
+    gbps = lambda s: nbytes / s / 1e9
     shape = f"{n_emb:,} x {size['dim']} float32 ({nbytes / 1e9:.2f} GB; parquet {parquet_bytes / 1e9:.2f} GB)"
     return [
         Result(BENCH, f"load_split(with_text=False) vs raw read, {shape}, warm cache, best of {repeats}",

@@ -21,7 +21,9 @@ epochs.
 Overhead: wall time of the FIFO search (``tune_space`` call: Tune start, trial actors, results,
 checkpoints, Optuna bookkeeping) vs the ideal time, the sum of the trials' own time (Tune's
 ``time_total_s``: from the trial function's start to its last report) divided by the concurrency.
-Ray's scalability benchmark (10 000 trials of 1 s on 16 cores: 715 s vs 625 s minimum) shows ~14%.
+Ray's scalability benchmark (10 000 trials of 1 s on 16 cores: 715 s vs 625 s minimum) shows ~14%;
+the target is <= 1.10x. Per trial epoch: one report; a checkpoint only at ASHA's rungs, every
+``checkpoint.every_n_epochs`` and the trial's last epoch; trial actors are reused.
 
     python benchmarks/bench_tuning.py [--quick] [--json out.json]
 """
@@ -43,7 +45,7 @@ QUICK = {"n_items": 200, "trials": 3, "max_t": 3, "seeds": (0,)}
 CONCURRENCY = 2
 TARGET_R1_POINTS = 0.01  # ASHA's best R@1 >= FIFO's - 0.01
 TARGET_EPOCHS = 0.35  # ASHA's trial-epochs <= 35% of FIFO's
-RAY_OVERHEAD = 1.14  # Ray's own benchmark: 715 s observed / 625 s minimum
+RAY_OVERHEAD = 1.10  # the issue's target; Ray's own benchmark: 715 s observed / 625 s minimum = 1.14
 
 SPACE = {
     "model.type": {"choice": ["siglip", "clip", "mlp"]},

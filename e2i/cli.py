@@ -31,6 +31,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "split": ("e2i.store.splits", "item-level train/train_subset/val/test splits of a store"),
     "train": ("e2i.train.cli", "train projection heads on a store with Ray Train"),
     "evaluate": ("e2i.evaluate.evaluation", "Recall@K, mAP@10 and plots for a trained model"),
+    "compare": ("e2i.evaluate.compare", "paired bootstrap difference of two runs on the same test split"),
+    "baseline": ("e2i.evaluate.baselines", "closed-form baselines (cosine, CCA, PLS, ridge, Procrustes) on a store"),
     "tune": ("e2i.tune.cli", "search heads, losses and hyper-parameters with Ray Tune + Optuna"),
     "report": ("e2i.tune.report", "leaderboard and plots of a tune experiment"),
     "finetune": ("e2i.finetune.cli", "fine-tune PaSST + RoBERTa end to end (Lightning on Ray Train)"),

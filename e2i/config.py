@@ -21,11 +21,13 @@ from typing import Any
 import yaml
 
 from e2i.errors import ConfigError
-from e2i.paths import TRAIN_PATH_FIELDS, get_dotted, resolve_train_paths
+from e2i.paths import get_dotted, resolve_train_paths, set_dotted, train_path_keys
+from e2i.train_parts import TrainPart, check_parts
 
 HEAD_TYPES = ("siglip", "clip", "attention", "mlp")
 LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+TRAINERS = ("auto", "ray", "local")  # scaling.trainer (see e2i.train.driver.fit)
 # Validation metrics `metric` may name: "val/" + a key of e2i.evaluate.metrics.retrieval_metrics, or val/loss.
 METRIC_MODES = {"loss": "min", "median_rank": "min", "mean_rank": "min"}
 _RETRIEVAL = ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank")
@@ -49,13 +51,24 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    train_subset: int | None = None  # first N items of train (deterministic); None = all
+    train_subset: int | None = None  # first N items of train (of each part of a mix); None = all
+    # several stores mixed, [{store, split, repeat | weight}] (e2i.train_parts); () = train_split of store
+    train: tuple[TrainPart, ...] = ()
 
     def validate(self) -> None:
         if not self.store:
             raise ValueError("must not be empty", "store")
         if self.train_subset is not None:
             _positive(self.train_subset, "train_subset")
+        if self.train:
+            check_parts(self.train, self.train_split)
+
+
+# Default initial temperature per loss when model.init_temperature is null/absent (logit scale = 1/T):
+# the sigmoid loss starts at SigLIP's scale 10 (with init_bias -10), softmax losses at CLIP's 0.07.
+SOFTMAX_INIT_TEMPERATURE = 0.07
+INIT_TEMPERATURE = {"sigmoid_infonce": 0.1, "softmax_infonce": SOFTMAX_INIT_TEMPERATURE,
+                    "queue_infonce": SOFTMAX_INIT_TEMPERATURE}
 
 
 @dataclass(frozen=True)
@@ -67,20 +80,33 @@ class ModelConfig:
     num_heads: int = 4  # attention head only; must divide hidden_dim
     num_layers: int = 2  # attention/mlp depth
     num_tokens: int = 8  # attention head: the input embedding is split into this many tokens
-    init_temperature: float = 0.07  # CLIP's initial softmax temperature (logit scale = 1/T)
-    init_bias: float = -10.0  # SigLIP's initial logit bias (paper: -10)
-    learn_temperature: bool = True
+    # initial temperature (logit scale = 1/T); None = the loss's default (INIT_TEMPERATURE: 0.1 for
+    # sigmoid_infonce as SigLIP, 0.07 for the softmax losses as CLIP), filled in when the TrainConfig
+    # is built, so a loaded config always shows the value used
+    init_temperature: float | None = None
+    init_bias: float = -10.0  # SigLIP's initial logit bias (paper: -10); sigmoid loss only
+    learn_temperature: bool = True  # learn the logit scale (capped at 100 after each step)
+    learn_bias: bool = True  # learn the logit bias (sigmoid loss only; independent of learn_temperature)
 
     def validate(self) -> None:
         _choice(self.type, HEAD_TYPES, "type")
-        for name in ("output_dim", "hidden_dim", "num_heads", "num_layers", "num_tokens", "init_temperature"):
+        for name in ("output_dim", "hidden_dim", "num_heads", "num_layers", "num_tokens"):
             _positive(getattr(self, name), name)
+        if self.init_temperature is not None:
+            _positive(self.init_temperature, "init_temperature")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"must be in [0, 1), got {self.dropout!r}", "dropout")
         if self.type == "attention" and self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"must divide hidden_dim ({self.num_heads} does not divide {self.hidden_dim})", "num_heads"
             )
+
+    def resolved(self, loss_type: str) -> ModelConfig:
+        """This config with ``init_temperature`` filled in from the loss when it is None."""
+        if self.init_temperature is not None:
+            return self
+        temperature = INIT_TEMPERATURE.get(loss_type, SOFTMAX_INIT_TEMPERATURE)
+        return dataclasses.replace(self, init_temperature=temperature)
 
 
 @dataclass(frozen=True)
@@ -119,13 +145,26 @@ class ScalingConfig:
     use_gpu: bool = False  # request GPUs from Ray; falls back to CPU when torch.cuda is unavailable
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # 0 means 1 when use_gpu
-    max_failures: int = 0  # Ray Train restarts from the last checkpoint this many times
+    max_failures: int = 0  # restarts from the last checkpoint after a failure, this many times
+    trainer: str = "auto"  # auto: in-process loop for 1 CPU worker, else Ray Train | ray | local
 
     def validate(self) -> None:
+        _choice(self.trainer, TRAINERS, "trainer")
+        if self.trainer == "local" and (self.num_workers > 1 or self.use_gpu):
+            raise ValueError("'local' runs one CPU worker (set num_workers: 1, use_gpu: false)", "trainer")
         _positive(self.num_workers, "num_workers")
         _positive(self.cpus_per_worker, "cpus_per_worker", allow_zero=True)
         _positive(self.gpus_per_worker, "gpus_per_worker", allow_zero=True)
         _positive(self.max_failures, "max_failures", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # a checkpoint every N epochs (0 = none); the best epoch so far and the last are always written
+    every_n_epochs: int = 5
+
+    def validate(self) -> None:
+        _positive(self.every_n_epochs, "every_n_epochs", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -151,10 +190,15 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Local paths as the user wrote them ({"data.store": "stores/toy", ...}); the fields above hold
     # them resolved to absolute paths at load (see e2i.paths), so Ray workers find them.
     paths_as_written: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the per-loss default of model.init_temperature (ModelConfig.resolved), on the frozen instance
+        object.__setattr__(self, "model", self.model.resolved(self.loss.type))
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -250,6 +294,8 @@ def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = build_dataclass(tp, data[f.name], source, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is tuple:  # tuple[Section, ...]: a list of mappings in the YAML
+            kwargs[f.name] = _build_list(typing.get_args(tp)[0], data[f.name], source, f"{prefix}{f.name}")
         else:
             try:
                 kwargs[f.name] = _coerce(data[f.name], tp, f"{prefix}{f.name}")
@@ -264,6 +310,14 @@ def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     return obj
 
 
+def _build_list(cls: type, data: Any, source: str, path: str) -> tuple:
+    if data is None:
+        return ()
+    if not isinstance(data, list | tuple):
+        raise ConfigError(f"{source}: {path}: expected a list of mappings, got {type(data).__name__}")
+    return tuple(build_dataclass(cls, entry, source, f"{path}[{i}].") for i, entry in enumerate(data))
+
+
 def parse_override(text: str, source: str = "<overrides>") -> tuple[str, Any]:
     """'optim.lr=1e-4' -> ('optim.lr', 0.0001); the value is parsed as YAML (numbers, bools, null)."""
     key, sep, raw = text.partition("=")
@@ -273,17 +327,14 @@ def parse_override(text: str, source: str = "<overrides>") -> tuple[str, Any]:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any] | list[str], source: str = "<overrides>") -> dict:
-    """Set dotted keys in a nested dict in place (unknown keys are caught later by validation)."""
+    """Set dotted keys in a nested dict in place (unknown keys are caught later by validation);
+    ``data.train[1].repeat`` indexes a list (e2i.paths.set_dotted)."""
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     for key, value in items:
-        node = data
-        *parents, last = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {key}: {part!r} is not a section")
-            node = child
-        node[last] = value
+        try:
+            set_dotted(data, key, value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     return data
 
 
@@ -319,7 +370,8 @@ def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | 
     if overrides:
         before = copy.deepcopy(data)
         apply_overrides(data, overrides, f"{path} (--set)")
-        overridden = tuple(k for k in TRAIN_PATH_FIELDS if get_dotted(data, k) != get_dotted(before, k))
+        keys = dict.fromkeys(train_path_keys(before) + train_path_keys(data))
+        overridden = tuple(k for k in keys if get_dotted(data, k) != get_dotted(before, k))
     cfg = train_config_from_dict(data, str(path))
     return resolve_config_paths(cfg, overridden, str(path))
 

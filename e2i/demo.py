@@ -1,7 +1,7 @@
 """`e2i demo`: the whole pipeline on one machine, no downloads (the embedded default).
 
     toy corpus (Clotho layout) -> e2i cache (light encoders, Ray Data) -> e2i split
-      -> e2i train (siglip head, Ray Train) -> e2i tune (ASHA + Optuna, small budget)
+      -> e2i train (siglip head; 1 CPU worker: in-process) -> e2i tune (ASHA + Optuna, small budget)
       -> e2i evaluate (test split) -> e2i report
 
 Everything lands under --output-dir (default: the repo's `stores/` and `results/` layout, so the
@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     split_store(dataset_dir / "development", dataset_dir,
                 {"train": 0.7, "val": 0.15, "test": 0.15, "train_subset": 0.5}, seed=args.seed)
 
-    _step("4/6 train a head (Ray Train)")
+    _step("4/6 train a head (in-process: 1 CPU worker needs no Ray Train)")
     overrides = {"data.store": str(dataset_dir), "output_dir": str(results), "seed": args.seed}
     if args.epochs:
         overrides["optim.epochs"] = args.epochs

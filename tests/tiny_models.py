@@ -2,6 +2,8 @@
 
     text_dir = tiny_roberta(tmp_path / "roberta")     # get_encoder("hf-text", model=text_dir)
     image_dir = tiny_siglip(tmp_path / "siglip")      # get_encoder("hf-image", model=image_dir)
+    naflex = tiny_siglip2_naflex(tmp_path / "s2")     # get_encoder("siglip2", model=naflex)
+    mpnet = tiny_mpnet(tmp_path / "mpnet")            # wrap in sentence-transformers for "sbert"
     get_encoder("passt", **TINY_PASST)                # real PaSST class, 1 block of width 32
 
 Each builder is deterministic (fixed seeds) and returns the directory as a string; building one takes
@@ -72,11 +74,19 @@ def tiny_roberta(
     path: str | os.PathLike, *, hidden_size: int = 32, layers: int = 2, max_positions: int = 66, seed: int = 0
 ) -> str:
     """Save a tiny RobertaModel + tokenizer to ``path`` (model_max_length = max_positions - 4)."""
-    import torch
     from transformers import RobertaConfig, RobertaModel
 
+    return _tiny_text_model(path, RobertaConfig, RobertaModel, hidden_size, layers, max_positions, seed)
+
+
+def _tiny_text_model(
+    path, config_cls, model_cls, hidden_size: int, layers: int, max_positions: int, seed: int
+):
+    """A small encoder of ``model_cls`` over the tiny BPE tokenizer, saved with it to ``path``."""
+    import torch
+
     tok = tiny_tokenizer(model_max_length=max_positions - 4)
-    config = RobertaConfig(
+    config = config_cls(
         vocab_size=len(tok),
         hidden_size=hidden_size,
         num_hidden_layers=layers,
@@ -89,7 +99,7 @@ def tiny_roberta(
     )
     torch.manual_seed(seed)
     path = Path(path)
-    RobertaModel(config).save_pretrained(path)
+    model_cls(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
@@ -169,3 +179,55 @@ def tiny_dinov2(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(path)
     return str(path)
+
+
+def _small_tower(hidden_size: int) -> dict:
+    return {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": 2,
+            "num_attention_heads": 2}  # fmt: skip
+
+
+def tiny_siglip_full(
+    path: str | os.PathLike, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0
+) -> str:
+    """Save a tiny *full* SiglipModel (model_type ``siglip``, the layout of the fixed-resolution SigLIP 2
+    checkpoints such as google/siglip2-base-patch16-224) + SiglipImageProcessor."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    config = SiglipConfig(
+        text_config={**_small_tower(hidden_size), "vocab_size": 100, "max_position_embeddings": 16},
+        vision_config={**_small_tower(hidden_size), "image_size": image_size, "patch_size": 8},
+    )
+    torch.manual_seed(seed)
+    path = Path(path)
+    SiglipModel(config).save_pretrained(path)
+    _siglip_processor(image_size).save_pretrained(path)
+    return str(path)
+
+
+def tiny_siglip2_naflex(
+    path: str | os.PathLike, *, hidden_size: int = 32, max_num_patches: int = 16, seed: int = 0
+) -> str:
+    """Save a tiny full Siglip2Model (model_type ``siglip2``, as google/siglip2-base-patch16-naflex) +
+    Siglip2ImageProcessor (8-px patches, ``max_num_patches`` patches per image)."""
+    import torch
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    config = Siglip2Config(
+        text_config={**_small_tower(hidden_size), "vocab_size": 100, "max_position_embeddings": 16},
+        vision_config={**_small_tower(hidden_size), "patch_size": 8, "num_patches": max_num_patches},
+    )
+    torch.manual_seed(seed)
+    path = Path(path)
+    Siglip2Model(config).save_pretrained(path)
+    Siglip2ImageProcessor(patch_size=8, max_num_patches=max_num_patches).save_pretrained(path)
+    return str(path)
+
+
+def tiny_mpnet(
+    path: str | os.PathLike, *, hidden_size: int = 32, max_positions: int = 66, seed: int = 0
+) -> str:
+    """Save a tiny MPNetModel (all-mpnet-base-v2's architecture) + the tiny BPE tokenizer to ``path``."""
+    from transformers import MPNetConfig, MPNetModel
+
+    return _tiny_text_model(path, MPNetConfig, MPNetModel, hidden_size, 2, max_positions, seed)

@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--split", help="corpus split, e.g. development / val2017 (default: the reader's)")
     a("--cache-dir", default="stores", help="store root; writes <cache-dir>/<dataset>/<split>/ (default: stores)")
     a("--dataset", help="dataset name in the store (default: the corpus name, e.g. clotho, toy)")
-    a("--batch-size", type=int, default=32, help="rows per encoder call (default: 32)")
+    a("--batch-size", type=int, default=None,
+      help="rows per encoder call (default: per encoder: 2048 for ngram-hash, 64 for logmel-stats/image-stats, "
+           "32 for model encoders)")
     a("--audio-encoder", default=DEFAULTS["audio"], help=f"audio encoder (default: passt; light: {LIGHT['audio']})")
     a("--audio-arch", help="PaSST architecture (passt option arch; default: passt_s_swa_p16_128_ap476)")
     a("--max-audio-seconds", type=float, help="crop audio to the first N seconds (default: whole clip)")

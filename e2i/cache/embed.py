@@ -23,6 +23,19 @@ ERROR = "error"  # "" for a good row, else why it is rejected
 KEEP = {"items": ("item_id", "path"), "captions": ("caption_id", "item_id", "text")}  # store columns per kind
 ID = {"items": "item_id", "captions": "caption_id"}
 MAX_BLOCKS = 2000  # cap on input blocks: ~batch_size rows per block, without millions of tiny tasks
+# Rows per encoder call when --batch-size is not given. A Ray Data task/actor call costs milliseconds;
+# the light text encoder embeds a caption in ~0.3 ms, so batches of 32 would spend most of the phase in
+# task overhead: cheap encoders get large batches. Model encoders keep 32 (memory, GPU batch).
+BATCH_SIZES = {"ngram-hash": 2048, "logmel-stats": 64, "image-stats": 64}
+DEFAULT_BATCH_SIZE = 32
+
+
+def batch_size_for(encoder: Any, requested: int | None = None) -> int:
+    """``requested`` (--batch-size) if given, else the encoder's ``batch_size`` attribute or
+    :data:`BATCH_SIZES` entry, else :data:`DEFAULT_BATCH_SIZE`."""
+    if requested is not None:
+        return int(requested)
+    return int(getattr(encoder, "batch_size", None) or BATCH_SIZES.get(encoder.name, DEFAULT_BATCH_SIZE))
 
 
 def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = None,
@@ -72,12 +85,16 @@ class EmbedBatch:
 
     def __init__(self, encoder: Any, keep: tuple[str, ...]) -> None:
         import ray
-        import torch
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        gpu_ids = ray.get_gpu_ids()
+        self.device = "cpu"
+        if gpu_ids:  # torch only when Ray granted a GPU: importing it costs seconds of actor start-up
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder.load(self.device)
         self.encoder, self.keep = encoder, keep
-        self.gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
+        self.gpu_ids = ",".join(str(g) for g in gpu_ids)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

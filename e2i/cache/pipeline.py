@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from e2i.cache.embed import ERROR, ID, KEEP, embed_stream, pool_resources
+from e2i.cache.embed import ERROR, ID, KEEP, batch_size_for, embed_stream, pool_resources
 from e2i.cache.images import export_split
 from e2i.cache.shards import (
     MetaColumns,
@@ -92,13 +92,14 @@ class CacheRun:
     once at the end.
     """
 
-    def __init__(self, writer: Any, encoders: dict[str, Any], *, batch_size: int, shard_size: int,
+    def __init__(self, writer: Any, encoders: dict[str, Any], *, batch_size: int | None, shard_size: int,
                  num_actors: int | None, extra: dict, mirror: Any = None, upload_every: int | None = None,
                  mirror_embeddings: bool = True, use_gpu: bool = False) -> None:
         import ray
 
         self.writer, self.encoders, self.extra = writer, encoders, extra
-        self.batch_size, self.shard_size, self.num_actors = batch_size, shard_size, num_actors
+        self.batch_sizes = {k: batch_size_for(enc, batch_size) for k, enc in encoders.items()}  # per phase
+        self.shard_size, self.num_actors = shard_size, num_actors
         self.use_gpu = use_gpu
         self.cluster = ray.cluster_resources()
         self.stats = {k: PhaseStats(k) for k in ("items", "captions")}
@@ -113,12 +114,13 @@ class CacheRun:
         if not rows:
             return
         t0 = time.perf_counter()
+        batch_size = self.batch_sizes[kind]
         res = pool_resources(self.cluster, num_actors=self.num_actors, use_gpu=self.use_gpu,
-                             num_batches=math.ceil(len(rows) / self.batch_size))
+                             num_batches=math.ceil(len(rows) / batch_size))
         stats.pool = resources_summary(res)
         buffer = ShardBuffer(self.writer, kind, self.shard_size, meta, encoder.manifest_entry())
         source = f"{encoder.modality}:{encoder.name}"
-        for batch in embed_stream(rows, encoder, kind, batch_size=self.batch_size, resources=res):
+        for batch in embed_stream(rows, encoder, kind, batch_size=batch_size, resources=res):
             ok = np.array([e == "" for e in batch[ERROR]], dtype=bool)  # (B,)
             self.rejected += [{"source": source, "id": str(batch[ID[kind]][i]), "reason": str(batch[ERROR][i])}
                               for i in np.flatnonzero(~ok)]
@@ -175,7 +177,7 @@ class CacheRun:
 
 
 def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, split: str | None = None,
-                 cache_dir: str | os.PathLike = "stores", dataset: str | None = None, batch_size: int = 32,
+                 cache_dir: str | os.PathLike = "stores", dataset: str | None = None, batch_size: int | None = None,
                  audio_encoder: str = DEFAULTS["audio"], text_encoder: str = DEFAULTS["text"],
                  image_encoder: str = DEFAULTS["image"], encoder_options: Mapping[str, dict] | None = None,
                  curate_captions: bool = False, num_actors: int | None = None, shard_size: int = 10_000,
@@ -186,7 +188,8 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  ray_init: Callable[[], Any] | None = None) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
-    ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
+    ``batch_size``: rows per encoder call in both phases; None = per encoder (``e2i.cache.embed.BATCH_SIZES``:
+    large batches for the cheap light encoders, 32 for models). ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
     interrupted run of the same split; prints the summary table unless ``quiet``. If Ray is not running,
     ``ray_init`` (default ``ray.init``) starts it once the output directory exists: an output that cannot
     be written (read-only, under a file) fails before Ray starts.
@@ -214,10 +217,11 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     if data.rejected:
         writer.write_rejected(data.rejected_rows())
     mirror_obj = _open_mirror(mirror, out, hf_token, mirror_attempts, mirror_backoff)
-    extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions, "batch_size": batch_size}
+    extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions}
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=shard_size, num_actors=num_actors,
                    extra=extra, mirror=mirror_obj, upload_every=upload_every,
                    mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu)
+    extra["batch_size"] = run.batch_sizes  # {"items": n, "captions": m}, recorded in the manifest
     # [3] items first (captions of rejected items are then rejected, not embedded), then captions
     run.phase("items", item_rows(data, writer, run.stats["items"]), MetaColumns(data.items))
     run.phase("captions", caption_rows(data, writer, run.stats["captions"], run.rejected))

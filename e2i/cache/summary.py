@@ -55,6 +55,7 @@ def run_summary(out: Path, dataset: str, data: Any, kind: str, run: Any, manifes
                      "stored": manifest["counts"].get("rejected")},
         "counts": manifest["counts"],
         "rows_per_s": round(embedded / embed_s, 2) if embed_s else None,
+        "batch_size": dict(run.batch_sizes),
         "seconds": round(time.perf_counter() - t_start, 3),
         "cluster": {"CPU": run.cluster.get("CPU", 0), "GPU": run.cluster.get("GPU", 0)},
         "pool": resources_summary(pool_resources(run.cluster, num_actors=run.num_actors, use_gpu=run.use_gpu)),

@@ -5,6 +5,10 @@
 
 What happens, per file of the dataset's table (:data:`DATASETS`):
 
+Clotho also gets DCASE 2025 Task 6's additional relevance annotations of the evaluation split
+(:data:`DCASE2025_RELEVANCE`, from the task's baseline repository, md5-checked like the rest; a failed
+fetch only warns); `e2i evaluate --relevance` and `e2i finetune` use them.
+
 1. ``<root>/<name>`` exists and its md5 matches: kept (a re-run costs one hash per file).
 2. Otherwise the bytes go to ``<root>/<name>.part``. A ``.part`` left by an interrupted run is resumed with
    an HTTP ``Range: bytes=N-`` request (a server that ignores ranges answers 200 and the file restarts from
@@ -29,6 +33,7 @@ the dataset tables, :func:`download_dataset` and the ``e2i download`` stage (``a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +53,7 @@ from e2i.errors import E2IError
 # The errors and single-file helpers are part of this stage's API (what download_dataset raises/uses).
 __all__ = [
     "CLOTHO_V21",
+    "DCASE2025_RELEVANCE",
     "DATASETS",
     "ChecksumError",
     "DatasetSpec",
@@ -69,6 +75,7 @@ class RemoteFile:
     name: str
     md5: str
     split: str | None = None  # audio archives/CSVs belong to one split; None = always downloaded
+    url: str | None = None  # full URL when the file is not under the dataset's base URL (a --base-url wins)
 
     @property
     def is_archive(self) -> bool:
@@ -81,7 +88,18 @@ class DatasetSpec:
     base_url: str
     files: tuple[RemoteFile, ...]
     source: str  # where the table comes from (shown in --help)
+    # annotations published elsewhere (own URL, same md5/resume machinery); a failed fetch is a warning
+    extras: tuple[RemoteFile, ...] = ()
 
+
+# DCASE 2025 Task 6 additional relevance annotations of the Clotho evaluation split: columns `query`
+# (caption text) and `audio_filenames` (list literal of relevant clips), 1,037 queries. Published as
+# resources/metadata_eval.csv of CPJKU/dcase2025_task6_baseline, commit 14bd413 (2025-05-09, "add new
+# annotations for evaluation set"); the URL pins that commit so the md5 cannot move. Read by
+# e2i.evaluate.relevance_file (`e2i evaluate --relevance`) and by `e2i finetune`'s test evaluation.
+DCASE2025_RELEVANCE = "dcase2025_task6_metadata_eval.csv"
+DCASE2025_RELEVANCE_URL = ("https://raw.githubusercontent.com/CPJKU/dcase2025_task6_baseline/"
+                           "14bd413eb214056f90fdbb338842527407fb9985/resources/metadata_eval.csv")
 
 # Clotho v2.1 (Drossos et al., ICASSP 2020), Zenodo record 4783391, CC BY 4.0 (audio: Freesound licences).
 # md5 as published on the Zenodo record (the same table is used by aac-datasets and mirdata).
@@ -99,6 +117,9 @@ CLOTHO_V21 = DatasetSpec(
         RemoteFile("clotho_metadata_development.csv", "170d20935ecfdf161ce1bb154118cda5", "development"),
         RemoteFile("clotho_metadata_validation.csv", "2e010427c56b1ce6008b0f03f41048ce", "validation"),
         RemoteFile("clotho_metadata_evaluation.csv", "13946f054d4e1bf48079813aac61bf77", "evaluation"),
+    ),
+    extras=(
+        RemoteFile(DCASE2025_RELEVANCE, "15de2d0afb9c11950f15c46a70b335ba", "evaluation", DCASE2025_RELEVANCE_URL),
     ),
 )
 
@@ -169,12 +190,22 @@ def download_dataset(
     for i, f in enumerate(files, 1):
         dest = root / f.name
         print(f"[{i}/{len(files)}] {f.name}", flush=True)
+        src = f.url if f.url and not base_url else f"{url}/{f.name}"
         status = download_file(
-            f"{url}/{f.name}", dest, f.md5, retries=retries, timeout=timeout, progress=progress
+            src, dest, f.md5, retries=retries, timeout=timeout, progress=progress
         )
         summary[status].append(f.name)
         if status == "downloaded":
             summary["bytes_downloaded"] += dest.stat().st_size
+    for f in (f for f in spec.extras if splits is None or f.split is None or f.split in splits):
+        src = f.url if f.url and not base_url else f"{url}/{f.name}"
+        print(f"[extra] {f.name}", flush=True)
+        try:
+            status = download_file(src, root / f.name, f.md5, retries=retries, timeout=timeout, progress=progress)
+        except DownloadError as exc:  # ChecksumError still raises: a wrong file must not be used
+            print(f"warning: {exc}; evaluation runs without {f.name}", flush=True)
+            continue
+        summary[status].append(f.name)
     if extract:
         for f in files:
             if f.is_archive and (root / f.name).exists():
@@ -243,9 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = DATASETS[args.dataset]
     if args.checksums:
-        spec = DatasetSpec(
-            spec.name, spec.base_url, read_checksums(args.checksums, spec.files), args.checksums
-        )
+        spec = dataclasses.replace(spec, files=read_checksums(args.checksums, spec.files), source=args.checksums)
     s = download_dataset(
         spec,
         args.root,

@@ -17,8 +17,9 @@ encoders, cls otherwise. ``instruction="auto"`` prefixes E5-style instruct model
 ``"Instruct: <task>\\nQuery: "`` (captions are the queries of text->item retrieval); others get none.
 Tokenisation happens in ``preprocess`` (CPU tasks); ``embed`` only pads and runs the model.
 
-hf-image: SigLIP / CLIP vision towers (from full or vision-only checkpoints) and DINOv2, chosen from the
-config's ``model_type``; anything else goes through ``AutoModel``. Output = ``pooler_output`` (SigLIP:
+hf-image: SigLIP / SigLIP 2 / CLIP vision towers (from full or vision-only checkpoints) and DINOv2, chosen
+from the config's ``model_type``; anything else goes through ``AutoModel``. Every model input the image
+processor returns is kept (SigLIP 2 NaFlex: patches, ``pixel_attention_mask``, ``spatial_shapes``). Output = ``pooler_output`` (SigLIP:
 attention-pooling head; CLIP/DINOv2: normalised CLS), falling back to the first token.
 """
 
@@ -61,6 +62,9 @@ DECODER_TYPES = {
     "falcon",
     "mixtral",
 }
+# Image-processor outputs the vision towers take: NaFlex (SigLIP 2) adds the patch mask and grid sizes.
+FULL_DUAL_TYPES = ("siglip", "siglip2", "clip")  # dual-encoder checkpoints read as a vision tower
+MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 MEAN_POOL_HINTS = ("sentence-transformers/", "all-minilm", "all-mpnet", "e5-", "gte-", "bge-m3")
 
 
@@ -292,6 +296,8 @@ def vision_model_class(model_type: str):
         "clip": "CLIPVisionModel",
         "clip_vision_model": "CLIPVisionModel",
         "dinov2": "Dinov2Model",
+        "siglip2": "Siglip2VisionModel",  # NaFlex checkpoints (fixed-resolution SigLIP 2 ones are "siglip")
+        "siglip2_vision_model": "Siglip2VisionModel",
     }
     return getattr(tf, classes.get(model_type, "AutoModel"))
 
@@ -321,30 +327,43 @@ class HFImageEncoder(_HFEncoder):
                 images.append(None)
                 errors.append(str(e))
         good = [i for i, im in enumerate(images) if im is not None]
-        # bad rows get zeros of the processor's output shape (from a blank image if no row decoded)
-        values = proc(images=[images[i] for i in good] or [Image.new("RGB", (8, 8))], return_tensors="np")[
-            "pixel_values"
-        ]
-        pixels = np.zeros((len(images),) + values.shape[1:], dtype=np.float32)  # (B, 3, H, W)
-        if good:
-            pixels[good] = values
+        # bad rows get zeros of the processor's output shapes (from a blank image if no row decoded)
+        outputs = proc(
+            images=[images[i] for i in good] or [Image.new("RGB", (8, 8))],
+            return_tensors="np",
+            **self._processor_kwargs(),
+        )
         out = dict(batch)
-        out["pixel_values"] = pixels
+        for key in MODEL_INPUTS:  # pixel_values (B, 3, H, W); NaFlex: (B, N, 3*p*p) + mask + shapes
+            if key not in outputs:
+                continue
+            values = np.asarray(outputs[key])
+            column = np.zeros((len(images),) + values.shape[1:], dtype=values.dtype)
+            if good:
+                column[good] = values
+            out[key] = column
         out[ERROR] = np.array(errors, dtype=object)
         return out
+
+    def _processor_kwargs(self) -> dict:
+        """Extra image-processor arguments (siglip2: ``max_num_patches`` for NaFlex checkpoints)."""
+        return {}
 
     def _load(self, device: str) -> None:
         model_type = self.options["model_type"]
         # A vision tower read from a full dual-encoder checkpoint skips the text tower's weights on purpose:
         # hide transformers' load report (a table of "UNEXPECTED" text keys) in that case only.
-        self._load_model(vision_model_class(model_type), device, quiet=model_type in ("siglip", "clip"))
+        self._load_model(vision_model_class(model_type), device, quiet=model_type in FULL_DUAL_TYPES)
 
     def _embed(self, batch):
         import torch
 
         x = torch.as_tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
+        extra = {
+            k: torch.as_tensor(np.asarray(batch[k])).to(self.device) for k in MODEL_INPUTS[1:] if k in batch
+        }
         with torch.inference_mode():
-            out = self._rt["model"](pixel_values=x.to(self.device, self._rt["dtype"]))
+            out = self._rt["model"](pixel_values=x.to(self.device, self._rt["dtype"]), **extra)
             pooled = getattr(out, "pooler_output", None)
             pooled = out.last_hidden_state[:, 0] if pooled is None else pooled  # (B, H)
             pooled = pooled.float()

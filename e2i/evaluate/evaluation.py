@@ -13,6 +13,16 @@ and writes ``<run dir>/evaluation_results/``:
     <split>_metrics.json   {split, store, checkpoint, counts, chance R@1, metrics}
     <split>_tsne.png       t-SNE of items + captions in the shared space (subsampled items)
     <split>_pca.png        PCA of the same
+    report.html            self-contained page: metrics + CIs, baseline line, plots, retrieval browser
+                           (see :mod:`e2i.evaluate.html_report`)
+    <split>_topk.parquet   with ``--dump-topk K``: per query and direction the top-K ids, scores and
+                           relevant flags (:func:`e2i.evaluate.topk.topk_table`)
+
+``--relevance FILE`` (CSV/parquet, :mod:`e2i.evaluate.relevance_file`) or ``--relevance-from label`` (items
+of the same class label are relevant) adds multi-relevance text->item metrics (mAP@16, mAP@10, nDCG@10 when
+graded); without them every number is as before. The best closed-form baseline of the store
+(:func:`e2i.evaluate.baselines.best_baseline_for_store`) is shown beside the metrics; a head that loses
+to it is flagged.
 
 Weights are read from safetensors only; a legacy ``.pt`` goes through ``torch.load(weights_only=True)``,
 which refuses pickled code. Damaged or mismatching checkpoints raise a one-line CheckpointError.
@@ -35,7 +45,7 @@ from e2i.store import load_split
 from e2i.train.loop import SplitTensors, embed_split
 
 RESULTS_DIR = "evaluation_results"
-TABLE_ORDER = ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank")
+TABLE_ORDER = ("recall@1", "recall@5", "recall@10", "mAP@10", "mAP@16", "nDCG@10", "median_rank", "mean_rank")
 
 
 def resolve_run(target: str | os.PathLike) -> tuple[TrainConfig, Path]:
@@ -61,6 +71,34 @@ def _jsonable(value):
     return value
 
 
+def load_relevance_for(split_data, *, relevance=None, relevance_from: str | None = None):
+    """A Relevance for ``split_data`` from a file or from the items' class labels (None without either)."""
+    if relevance and relevance_from:
+        raise ConfigError("pass --relevance FILE or --relevance-from label, not both")
+    if relevance:
+        from e2i.evaluate.relevance_file import load_relevance
+
+        return load_relevance(relevance, split_data)
+    if relevance_from == "label":
+        if "label" not in split_data.item_meta:
+            raise ConfigError(f"{split_data.path}: --relevance-from label needs a 'label' column in the items")
+        from e2i.evaluate.labels import label_relevance
+
+        return label_relevance(split_data.item_meta["label"], split_data.caption_item)
+    if relevance_from:
+        raise ConfigError(f"--relevance-from: {relevance_from!r} is not one of label")
+    return None
+
+
+def store_baseline(store: str, split: str, cache_dir: Path | None = None) -> dict | None:
+    """{"name", "metrics"} of the best closed-form baseline on ``store``/``split`` (None when the store
+    has no train split); cached as ``<cache_dir>/baseline_<split>.json`` so re-evaluating is cheap."""
+    from e2i.evaluate.baselines import best_baseline_for_store
+
+    cache = cache_dir / f"baseline_{split}.json" if cache_dir is not None else None
+    return best_baseline_for_store(store, split=split, cache_path=cache)
+
+
 def evaluate_run(
     target: str | os.PathLike,
     *,
@@ -70,6 +108,11 @@ def evaluate_run(
     plots: bool = True,
     max_plot_items: int = 300,
     show: bool = True,
+    relevance: str | os.PathLike | None = None,
+    relevance_from: str | None = None,
+    dump_topk: int = 0,
+    html: bool = True,
+    baseline: bool = True,
 ) -> dict:
     """Evaluate a trained model on one split; returns the metrics JSON written (see module docstring)."""
     from e2i.model.heads import build_model
@@ -79,12 +122,14 @@ def evaluate_run(
     split = split or cfg.data.test_split
     ckpt = Path(checkpoint) if checkpoint else run_dir / "best_model.safetensors"
     state = load_weights(ckpt)
-    data = load_split(f"{cfg.data.store.rstrip('/')}/{split}", with_text=False)
+    data = load_split(f"{cfg.data.store.rstrip('/')}/{split}", with_text=True)
+    rel = load_relevance_for(data, relevance=relevance, relevance_from=relevance_from)
     model = build_model(cfg.model, data.item_dim, data.caption_dim)
     load_into(model, state, ckpt)
     with torch.inference_mode():
         item_z, cap_z = embed_split(model, SplitTensors(data, torch.device("cpu")))
-    metrics = retrieval_metrics(item_z, cap_z, data.caption_item, ci=True)
+    extra = {"relevance": rel} if rel is not None else {}
+    metrics = retrieval_metrics(item_z, cap_z, data.caption_item, ci=True, **extra)
     result = {
         "split": split,
         "store": cfg.data.store,
@@ -95,14 +140,26 @@ def evaluate_run(
         "chance/recall@1": 1.0 / data.num_items,
         "metrics": _jsonable(metrics),
     }
+    if "label" in data.item_meta:  # class-labelled store: zero-shot classification (e2i.evaluate.labels)
+        from e2i.evaluate.labels import zero_shot_metrics
+
+        result["zero_shot"] = zero_shot_metrics(item_z.numpy(), cap_z.numpy(), data.caption_item,
+                                                data.item_meta["label"])
+    if rel is not None:
+        result["relevance"] = {"source": str(relevance or f"items' {relevance_from}"), "pairs": len(rel.query),
+                               "queries": int(len(np.unique(rel.query)))}
     out = Path(output_dir) if output_dir else run_dir / RESULTS_DIR
+    best = store_baseline(cfg.data.store, split, out) if baseline else None
+    if best is not None:
+        result["baseline"] = {"name": best["name"], "metrics": _jsonable(best["metrics"])}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{split}_metrics.json").write_text(json.dumps(result, indent=1))
+    pngs = [run_dir / "training_curves.png"]
     if plots:
         from e2i.evaluate.plots import plot_embedding_map
 
         for method in ("tsne", "pca"):
-            plot_embedding_map(
+            pngs.append(plot_embedding_map(
                 item_z.numpy(),
                 cap_z.numpy(),
                 data.caption_item,
@@ -110,31 +167,67 @@ def evaluate_run(
                 method=method,
                 max_items=max_plot_items,
                 title=f"{cfg.name} {split}: {method.upper()} of the shared space",
-            )
+            ))
+    if dump_topk:
+        import pyarrow.parquet as pq
+
+        from e2i.evaluate.topk import topk_table
+
+        pq.write_table(topk_table(item_z.numpy(), cap_z.numpy(), data, dump_topk, relevance=rel),
+                       out / f"{split}_topk.parquet")
+    if html:
+        write_html_report(result, item_z.numpy(), cap_z.numpy(), data, rel, pngs, out / "report.html")
     if show:
         print_metrics_table(result)
     return result
 
 
+def write_html_report(result: dict, item_z, cap_z, data, rel, pngs: list, path: Path) -> Path:
+    """``report.html`` of one evaluation (:mod:`e2i.evaluate.html_report`)."""
+    from e2i.evaluate import html_report as h
+    from e2i.evaluate.topk import browser_entries
+
+    entries = browser_entries(item_z, cap_z, data, relevance=rel)
+    title = f"{result['config']} on {result['split']}"
+    subtitle = (f"{result['num_captions']} captions, {result['num_items']} items of {result['store']} "
+                f"(chance R@1 {result['chance/recall@1']:.4f}); checkpoint {result['checkpoint']}")
+    sections = [h.metrics_section(result["metrics"], result.get("baseline")),
+                h.browser_section(entries, path.parent), h.images_section("Plots", pngs)]
+    return h.write_report(path, title, sections, subtitle=subtitle)
+
+
 def print_metrics_table(result: dict) -> None:
-    """A rich table: direction/metric, value, 95% CI."""
+    """A rich table: direction/metric, value, 95% CI (and the best closed-form baseline's value)."""
     from rich.console import Console
     from rich.table import Table
 
-    metrics = result["metrics"]
+    from e2i.evaluate.html_report import loses
+
+    metrics, base = result["metrics"], result.get("baseline")
     table = Table(
         title=f"{result['config']} on {result['split']}: {result['num_captions']} captions, "
         f"{result['num_items']} items (chance R@1 {result['chance/recall@1']:.4f})"
     )
-    for name, justify in (("metric", "left"), ("value", "right"), ("95% CI", "right")):
+    columns = [("metric", "left"), ("value", "right"), ("95% CI", "right")]
+    columns += [(f"baseline {base['name']}", "right")] if base else []
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for direction in ("text_to_item", "item_to_text"):
         for name in TABLE_ORDER:
             key = f"{direction}/{name}"
             if key in metrics:
                 ci = metrics.get(f"{key}/ci95")
-                table.add_row(key, f"{metrics[key]:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-    Console().print(table)
+                row = [key, f"{metrics[key]:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""]
+                if base:
+                    row.append(f"{base['metrics'][key]:.4f}" if key in base["metrics"] else "")
+                table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if base and (verdict := loses(metrics, base)) is not None:
+        key = "text_to_item/recall@1"
+        word = "[bold red]LOSES to[/]" if verdict else "beats"
+        console.print(f"vs best closed-form baseline: trained head {word} {base['name']} "
+                      f"({key} {metrics[key]:.4f} vs {base['metrics'][key]:.4f})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,9 +246,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=300,
         help="items (with their captions) drawn in the t-SNE/PCA maps",
     )
+    parser.add_argument("--relevance", metavar="FILE",
+                        help="CSV/parquet of extra relevant (caption_id or query, item_id[, relevance]) pairs: "
+                             "adds text->item mAP@16, mAP@10 (and nDCG@10 when graded)")
+    parser.add_argument("--relevance-from", choices=("label",),
+                        help="label: items with the same class label (items column 'label') are relevant")
+    parser.add_argument("--dump-topk", type=int, default=0, metavar="K",
+                        help="write <split>_topk.parquet: per query (both directions) the top-K ids, scores, "
+                             "relevant flags")
+    parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the closed-form baseline comparison")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dump_topk < 0:
+        raise ConfigError(f"--dump-topk must be >= 0, got {args.dump_topk}")
     result = evaluate_run(
         args.target,
         split=args.split,
@@ -163,11 +268,17 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         plots=not args.no_plots,
         max_plot_items=args.max_plot_items,
+        relevance=args.relevance,
+        relevance_from=args.relevance_from,
+        dump_topk=args.dump_topk,
+        html=not args.no_html,
+        baseline=not args.no_baseline,
     )
     m = result["metrics"]
     out = Path(args.output_dir) if args.output_dir else resolve_run(args.target)[1] / RESULTS_DIR
+    extra = f" mAP@16 {m['text_to_item/mAP@16']:.4f}" if "text_to_item/mAP@16" in m else ""
     print(
         f"e2i evaluate: {result['split']} R@1 {m['text_to_item/recall@1']:.4f} "
-        f"mAP@10 {m['text_to_item/mAP@10']:.4f} -> {out}"
+        f"mAP@10 {m['text_to_item/mAP@10']:.4f}{extra} -> {out}"
     )
     return 0

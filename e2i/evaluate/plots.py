@@ -109,6 +109,46 @@ def plot_embedding_map(
     return _save(fig, path)
 
 
+def plot_best_so_far(
+    seconds: list[float],
+    values: list[float],
+    path: str | os.PathLike,
+    *,
+    complete: list[bool] | None = None,
+    mode: str = "max",
+    metric: str = "objective",
+    baseline: tuple[str, float] | None = None,
+    title: str = "",
+) -> Path:
+    """Best objective so far of the complete trials against wall-clock seconds (a step line); every trial
+    a marker at its end (o complete, x stopped early: its partial value is not in the line); the best
+    closed-form baseline ``(label, value)`` as a horizontal dashed line."""
+    xs, ys = np.asarray(seconds, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    done = np.ones(len(xs), bool) if complete is None else np.asarray(complete, bool)
+    order = np.argsort(xs, kind="stable")
+    xs, ys, done = xs[order], ys[order], done[order]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter(xs[done], ys[done], s=18, color="tab:blue", label="complete trial (at its end)", zorder=3)
+    if (~done).any():
+        ax.scatter(xs[~done], ys[~done], s=22, color="tab:orange", marker="x", label="stopped early", zorder=3)
+    if done.any():
+        bx, by = xs[done], ys[done]
+        best = np.maximum.accumulate(by) if mode == "max" else np.minimum.accumulate(by)  # (T,)
+        end = max(xs.max(), bx[-1])
+        ax.step(np.r_[bx, end], np.r_[best, best[-1]], where="post", color="tab:green", label="best so far")
+    else:
+        ax.text(0.5, 0.5, "no complete trials yet", ha="center", va="center", transform=ax.transAxes)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="tab:red", linestyle="--", label=f"baseline {baseline[0]}: {baseline[1]:.4f}")
+    ax.set(xlabel="wall-clock seconds since the first trial started", ylabel=metric,
+           title=title or "best so far against wall time")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

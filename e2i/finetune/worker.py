@@ -30,7 +30,7 @@ from e2i.finetune.checkpoints import (
 )
 from e2i.finetune.config import FinetuneConfig, finetune_config_from_dict
 from e2i.finetune.data import ClothoDataModule, make_loader, read_split
-from e2i.finetune.metrics import embedding_rows, split_metrics
+from e2i.finetune.metrics import embedding_rows, relevance_file_for, split_metrics
 from e2i.finetune.model import RetrievalModule
 
 
@@ -197,4 +197,4 @@ def evaluate_module(module: RetrievalModule, items: list, cfg: FinetuneConfig, *
         with torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             item_z, cap_z = module.embed_batch(batch)
         parts.append(embedding_rows(batch, item_z, cap_z))
-    return split_metrics(parts, ci=ci)
+    return split_metrics(parts, ci=ci, items=items, relevance=relevance_file_for(cfg.data_root, cfg.test_split))

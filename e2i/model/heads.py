@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2i.config import ModelConfig
+from e2i.config import SOFTMAX_INIT_TEMPERATURE, ModelConfig
 from e2i.errors import ConfigError
 
-MAX_LOGIT_SCALE = 100.0  # CLIP clamps the inverse temperature at 100 to keep training stable
+MAX_LOGIT_SCALE = 100.0  # CLIP caps the inverse temperature at 100 (parameter clipped after each step)
 
 
 class SigLIPHead(nn.Module):
@@ -98,20 +98,24 @@ class MLPHead(nn.Module):
 
 
 class AttentionHead(nn.Module):
-    """Self-attention over tokens, mean pooling, projection to output_dim.
+    """Self-attention over tokens with a learned CLS token whose output is the embedding.
 
     Two input layouts, fixed at construction:
 
-    * flat (default): x is (B, in_dim). The embedding is zero-padded to a multiple of ``num_tokens``
-      and split into ``num_tokens`` contiguous tokens of width ``ceil(in_dim / num_tokens)``.
+    * flat (default): x is (B, in_dim), LayerNorm-ed, zero-padded to a multiple of ``num_tokens``
+      and split into ``num_tokens`` contiguous chunks of width ``d = ceil(in_dim / num_tokens)``.
+      Chunk ``t`` holds *different* features than chunk ``t'`` (dims 0..d-1 vs d..2d-1), so each
+      position gets **its own** linear map to ``hidden_dim``: ``h_t = x_t W_t + b_t`` with ``W``
+      (T, d, H) and ``b`` (T, H) (one batched einsum; together as many weights as one in_dim x H
+      Linear). A shared map + mean pool would treat the chunks as interchangeable and lose position.
     * sequence (``sequence_input=True``): x is (B, T, in_dim) with T <= ``num_tokens`` (a store that
-      holds token sequences, e.g. PaSST frames); ``num_tokens`` is then the maximum length.
+      holds token sequences, e.g. PaSST frames; ``num_tokens`` is then the maximum length). Frames
+      are alike, so they share one LayerNorm + Linear to ``hidden_dim``.
 
-    Each token is projected to ``hidden_dim`` (shared Linear), learned positional embeddings are added,
-    ``num_layers`` pre-norm TransformerEncoder layers (``num_heads`` heads, GELU, FFN 4 x hidden_dim)
-    mix the tokens, a final LayerNorm follows (pre-norm stacks need one), and the tokens are
-    **mean-pooled** (no CLS token: no extra parameter, and every token carries part of the embedding)
-    before a Linear to ``output_dim``.
+    Learned positional embeddings (T, H) are added to the tokens, a learned CLS vector (H,) is put
+    in front, ``num_layers`` pre-norm TransformerEncoder layers (``num_heads`` heads, GELU, FFN 4 x
+    hidden_dim) mix the T + 1 tokens, a final LayerNorm follows (pre-norm stacks need one), and the
+    CLS output goes through a Linear to ``output_dim`` (as ViT/BERT pooling).
     """
 
     def __init__(
@@ -134,9 +138,20 @@ class AttentionHead(nn.Module):
         self.in_dim, self.num_tokens, self.sequence_input = in_dim, num_tokens, sequence_input
         self.token_dim = in_dim if sequence_input else math.ceil(in_dim / num_tokens)
         self.pad = 0 if sequence_input else self.token_dim * num_tokens - in_dim
-        self.token_proj = nn.Linear(self.token_dim, hidden_dim)
+        self.in_norm = nn.LayerNorm(in_dim)  # flat: over the whole embedding; sequence: per frame
+        if sequence_input:
+            self.token_proj = nn.Linear(self.token_dim, hidden_dim)  # shared by all frames
+        else:
+            # per-position maps, initialised as nn.Linear(token_dim, hidden_dim) would be
+            bound = 1.0 / math.sqrt(self.token_dim)
+            self.token_weight = nn.Parameter(torch.empty(num_tokens, self.token_dim, hidden_dim))  # (T, d, H)
+            self.token_bias = nn.Parameter(torch.empty(num_tokens, hidden_dim))  # (T, H)
+            nn.init.uniform_(self.token_weight, -bound, bound)
+            nn.init.uniform_(self.token_bias, -bound, bound)
         self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden_dim))  # (1, T, H)
+        self.cls = nn.Parameter(torch.zeros(1, 1, hidden_dim))  # (1, 1, H)
         nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.cls, std=0.02)
         layer = nn.TransformerEncoderLayer(
             hidden_dim,
             num_heads,
@@ -177,11 +192,20 @@ class AttentionHead(nn.Module):
         x = F.pad(x, (0, self.pad))  # (B, T * token_dim), zero-padded at the end
         return x.reshape(x.shape[0], self.num_tokens, self.token_dim)  # (B, T, token_dim)
 
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> (B, T, H): normalised, split, projected (per position when flat), + positions."""
+        if self.sequence_input:
+            h = self.token_proj(self.in_norm(self.tokens(x)))  # (B, T, H), shared map
+        else:
+            t = self.tokens(self.in_norm(x))  # (B, T, d)
+            h = torch.einsum("btd,tdh->bth", t, self.token_weight) + self.token_bias  # (B, T, H)
+        return h + self.pos[:, : h.shape[1]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.tokens(x)  # (B, T, token_dim)
-        h = self.token_proj(t) + self.pos[:, : t.shape[1]]  # (B, T, H)
-        h = self.norm(self.encoder(h))  # (B, T, H)
-        return self.proj(h.mean(dim=1))  # mean pool -> (B, H) -> (B, output_dim)
+        h = self.embed_tokens(x)  # (B, T, H)
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, H), CLS first
+        h = self.norm(self.encoder(h))  # (B, 1 + T, H)
+        return self.proj(h[:, 0])  # CLS output (B, H) -> (B, output_dim)
 
 
 HEADS: dict[str, type[nn.Module]] = {
@@ -216,28 +240,41 @@ class ContrastiveModel(nn.Module):
     """Two heads into one shared space plus the contrastive scalars.
 
     * ``log_scale``: learnable log of the inverse temperature, initialised to
-      ``log(1 / init_temperature)``; frozen when ``learn_temperature`` is False. The scale actually
-      used is ``logit_scale = exp(log_scale)`` clamped at 100 (as CLIP).
-    * ``bias``: SigLIP's logit bias, initialised to ``init_bias``; only the sigmoid loss uses it
+      ``log(1 / init_temperature)``; frozen when ``learn_temperature`` is False. The scale used is
+      ``logit_scale = exp(log_scale)``, **not** clamped in the forward pass (a clamp there has zero
+      gradient above the cap, so a too-large scale could never come back down). Instead the training
+      loop calls :meth:`clamp_parameters_` after every optimizer step, which clips the *parameter*
+      at ``log(100)`` in place, as open_clip does.
+    * ``bias``: SigLIP's logit bias, initialised to ``init_bias``; learned when ``learn_bias`` (an
+      independent switch from ``learn_temperature``). Only the sigmoid loss uses it
       (``loss_fn.uses_bias``). With a softmax loss it gets no gradient: freeze it
       (``model.bias.requires_grad_(False)``) before wrapping in DDP, which rejects unused parameters.
 
-    Recommended inits: softmax losses (CLIP) ``init_temperature=0.07`` (scale 14.3); the sigmoid loss
-    (SigLIP paper) scale 10 and bias -10, i.e. ``init_temperature=0.1, init_bias=-10``.
+    Inits: softmax losses (CLIP) ``init_temperature=0.07`` (scale 14.3); the sigmoid loss (SigLIP
+    paper) scale 10 and bias -10, i.e. ``init_temperature=0.1, init_bias=-10``. A ModelConfig with
+    ``init_temperature=None`` gets this per-loss default when its TrainConfig is built; a bare
+    ModelConfig left at None here falls back to the softmax value.
     """
 
     def __init__(self, item_head: nn.Module, caption_head: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
         self.item_head, self.caption_head = item_head, caption_head
         self.output_dim = cfg.output_dim
-        init = torch.tensor(math.log(1.0 / cfg.init_temperature))
+        temperature = cfg.init_temperature if cfg.init_temperature is not None else SOFTMAX_INIT_TEMPERATURE
+        init = torch.tensor(math.log(1.0 / temperature))
         self.log_scale = nn.Parameter(init, requires_grad=cfg.learn_temperature)  # scalar
-        self.bias = nn.Parameter(torch.tensor(float(cfg.init_bias)), requires_grad=cfg.learn_temperature)
+        self.bias = nn.Parameter(torch.tensor(float(cfg.init_bias)), requires_grad=cfg.learn_bias)
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """exp(log_scale), clamped at 100; a differentiable scalar tensor."""
-        return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """exp(log_scale): a differentiable scalar tensor (the cap is applied to the parameter by
+        :meth:`clamp_parameters_`, never here)."""
+        return self.log_scale.exp()
+
+    @torch.no_grad()
+    def clamp_parameters_(self) -> None:
+        """Clip ``log_scale`` at ``log(MAX_LOGIT_SCALE)`` in place; call after each optimizer step."""
+        self.log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
 
     def encode_items(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.item_head(x), dim=-1)  # (B, output_dim), unit norm

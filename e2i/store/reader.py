@@ -24,7 +24,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from e2i.errors import StoreError
-from e2i.store.fs import exists, is_dir, is_shard_name, join, list_files, open_fs, read_json, shown_path
+from e2i.store.fs import (
+    exists,
+    is_dir,
+    is_shard_name,
+    join,
+    list_files,
+    open_fs,
+    read_json,
+    shown_path,
+)
+from e2i.store.pages import Background, embedding_rows, read_in_order
 from e2i.store.schema import (
     ID_COLUMN,
     KINDS,
@@ -33,9 +43,7 @@ from e2i.store.schema import (
     SCHEMA_VERSION,
     STRING_COLUMNS,
     as_string,
-    check_finite,
     embedding_dim_from_type,
-    embedding_matrix,
 )
 
 
@@ -87,7 +95,7 @@ class SplitData:
 class _KindData:
     ids: np.ndarray  # (n,) object
     emb: np.ndarray  # (n, D) float32
-    columns: dict[str, np.ndarray]  # other requested columns
+    columns: dict[str, pa.ChunkedArray]  # other requested columns (Arrow)
     files: list[str]  # shown names, one per shard
     offsets: np.ndarray  # (shards + 1,) first row of each shard
 
@@ -124,60 +132,81 @@ def shard_header(fs, root: str, rel: str, shown: str, expected_rows: int | None,
     return meta
 
 
-def _read_shard(fs, full: str, shown: str, columns: list[str]) -> pa.Table:
+def _read_columns(fs, full: str, shown: str, columns: list[str], dictionary: tuple[str, ...] = ()) -> pa.Table:
     try:
         with fs.open_input_file(full) as f:
-            return pq.read_table(f, columns=columns, use_threads=True)
+            return pq.ParquetFile(f, read_dictionary=[c for c in dictionary if c in columns] or None).read(
+                columns=columns, use_threads=True)
     except (OSError, pa.ArrowException) as e:
         raise StoreError(f"{shown}: cannot read ({str(e).splitlines()[0]})") from None
 
 
-def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: Iterable[str] | None) -> _KindData:
-    """Read all shards of one kind into one preallocated (N, D) float32 array (one memcpy per shard).
+def _fixed_dim(heads: list[pq.FileMetaData]) -> int | None:
+    """D when every shard declares the same fixed_size_list<float> embedding (rows can be filled in any
+    order); None when a shard has variable lists or the dims differ (read in order, name the culprit)."""
+    dims = {embedding_dim_from_type(h.schema.to_arrow_schema().field("embedding").type) for h in heads}
+    return dims.pop() if len(dims) == 1 and None not in dims else None
 
-    Pass 1 reads only footers (row counts -> N, required columns); pass 2 reads each shard's columns,
-    views its embedding values as (n, D), checks dim + finiteness and copies into rows of the output.
-    ``extra_cols``: columns besides id+embedding to return as numpy (None = all other columns).
+
+def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: Iterable[str] | None,
+               dictionary: tuple[str, ...] = (), pending: list | None = None) -> _KindData:
+    """Read all shards of one kind: embeddings into one preallocated (N, D) float32 array, other columns
+    as Arrow (``columns``; ``dictionary`` columns dictionary-encoded as stored).
+
+    Pass 1 reads only footers (row counts -> N, required columns, D). With one fixed D, a background
+    thread fills the embedding rows shard by shard (file reads release the GIL) while this thread reads
+    and checks the ids; otherwise shards are read in order and the first one fixes D.
+    ``extra_cols``: columns besides id+embedding to return (None = all other columns). ``pending``: the
+    background fill is appended there for the caller to ``join()`` (the next kind's ids are read
+    meanwhile); without it, this call waits for it.
     """
     idcol = ID_COLUMN[kind]
     files = [shown_path(shown_root, rel) for rel, _ in shards]
     heads = [shard_header(fs, root, rel, shown, rows, kind) for (rel, rows), shown in zip(shards, files)]
     offsets = np.cumsum([0] + [h.num_rows for h in heads])  # (shards + 1,)
-    emb: np.ndarray | None = None  # (N, D), allocated once D is known
-    dim_file = ""
+    fulls = [join(root, rel) for rel, _ in shards]
+
+    def ids_of(k: int):
+        return lambda: as_string(_read_columns(fs, fulls[k], files[k], [idcol]).column(0), idcol, files[k]).to_numpy()
+
+    dim = _fixed_dim(heads)
+    emb = np.empty((int(offsets[-1]), dim or 0), np.float32)  # (N, D)
+    filler = None
+    if dim is not None and len(emb):
+        def fill() -> None:
+            for k, (head, lo, hi) in enumerate(zip(heads, offsets[:-1], offsets[1:])):
+                embedding_rows(fs, fulls[k], files[k], head, emb[lo:hi], ids_of(k))
+
+        filler = Background(fill)
     ids_parts, extras = [], []
-    for (rel, _), head, shown, start in zip(shards, heads, files, offsets):
-        names = head.schema.to_arrow_schema().names
-        wanted = [c for c in names if c not in (idcol, "embedding")] if extra_cols is None \
-            else [c for c in extra_cols if c in names and c not in (idcol, "embedding")]
-        table = _read_shard(fs, join(root, rel), shown, [idcol, "embedding", *wanted])
-        ids = as_string(table.column(idcol), idcol, shown)
-        if ids.null_count:
-            row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
-            raise StoreError(f"{shown}: row {row}: null {idcol}")
-        ids_np = ids.to_numpy()
-        row = int(start)
-        for chunk in table.column("embedding").chunks:
-            block = embedding_matrix(chunk, shown, ids_np[row - start:])  # (n, D) view of the values buffer
-            if emb is None:
-                emb, dim_file = np.empty((int(offsets[-1]), block.shape[1]), np.float32), shown
-            if block.shape[1] != emb.shape[1]:
-                raise StoreError(f"{shown}: {ids_np[row - start]!r}: embedding dim {block.shape[1]} != "
-                                 f"{emb.shape[1]} in {dim_file}")
-            check_finite(block, ids_np[row - start:], shown)
-            emb[row:row + len(block)] = block
-            row += len(block)
-        ids_parts.append(ids_np)
-        extras.append(table.drop_columns([idcol, "embedding"]))
-    if emb is None:  # no rows at all: take D from the schema when it is fixed
+    done = False
+    try:
+        for k, head in enumerate(heads):
+            names = head.schema.to_arrow_schema().names
+            wanted = [c for c in names if c not in (idcol, "embedding")] if extra_cols is None \
+                else [c for c in extra_cols if c in names and c not in (idcol, "embedding")]
+            table = _read_columns(fs, fulls[k], files[k], [idcol, *wanted], dictionary)
+            ids = as_string(table.column(idcol), idcol, files[k])
+            if ids.null_count:
+                row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
+                raise StoreError(f"{files[k]}: row {row}: null {idcol}")
+            ids_parts.append(ids.to_numpy())
+            extras.append(table.drop_columns([idcol]))
+        done = True
+    finally:
+        if filler is not None and (pending is None or not done):
+            filler.join()
+        elif filler is not None:
+            pending.append(filler)
+    if dim is None and len(emb):
+        emb = read_in_order(fs, fulls, files, heads, offsets, ids_parts)
+    elif not len(emb):  # no rows at all: take D from the schema when it is fixed
         dims = [embedding_dim_from_type(h.schema.to_arrow_schema().field("embedding").type) for h in heads]
         emb = np.empty((0, next((d for d in dims if d), 0)), np.float32)
-    columns: dict[str, np.ndarray] = {}
+    columns: dict[str, pa.ChunkedArray] = {}
     if extras:
         merged = pa.concat_tables(extras, promote_options="permissive")
-        for c in merged.column_names:
-            col = as_string(merged.column(c), c, files[0]) if c in STRING_COLUMNS[kind] else merged.column(c)
-            columns[c] = col.to_numpy()
+        columns = {c: merged.column(c) for c in merged.column_names}
     ids_all = np.concatenate(ids_parts) if ids_parts else np.empty(0, object)
     data = _KindData(ids_all, emb, columns, files, offsets)
     _check_unique(data, idcol)
@@ -185,7 +214,7 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
 
 
 def _check_unique(data: _KindData, idcol: str) -> None:
-    dup = pd.Index(data.ids).duplicated()  # (n,) bool, vectorised hash table
+    dup = pd.Index(data.ids, dtype=object).duplicated()  # (n,) bool, vectorised hash table
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
         raise StoreError(f"{data.file_of(row)}: duplicate {idcol} {data.ids[row]!r}")
@@ -212,24 +241,55 @@ def load_split(path: str | os.PathLike, *, with_text: bool = True) -> SplitData:
     if not item_shards:
         raise StoreError(f"{shown_path(shown_root, 'items')}: no parquet shards")
     caption_shards = shard_list(fs, root, manifest, "captions", shown_root)
-    items = _read_kind(fs, root, shown_root, "items", item_shards, None if with_text else ())
-    cap_cols = ("item_id", "text") if with_text else ("item_id",)
-    caps = _read_kind(fs, root, shown_root, "captions", caption_shards, cap_cols)
-    cap_item_ids = caps.columns.get("item_id", np.empty(0, object))
-    caption_item = pd.Index(items.ids).get_indexer(cap_item_ids).astype(np.int64)  # (M,), -1 = unknown
+    pending: list[Background] = []  # embedding fills running while ids are read and checked
+    try:
+        items = _read_kind(fs, root, shown_root, "items", item_shards, None if with_text else (), pending=pending)
+        cap_cols = ("item_id", "text") if with_text else ("item_id",)
+        caps = _read_kind(fs, root, shown_root, "captions", caption_shards, cap_cols, dictionary=("item_id",),
+                          pending=pending)
+        caption_item = _item_rows(pd.Index(items.ids, dtype=object), caps.columns.get("item_id"))  # (M,)
+    finally:
+        for fill in pending:
+            fill.join()
+    cap_items = caps.columns.get("item_id", pa.chunked_array([], pa.string()))
     if (caption_item < 0).any():
         row = int(np.flatnonzero(caption_item < 0)[0])
         raise StoreError(f"{caps.file_of(row)}: caption {caps.ids[row]!r} points at missing item "
-                         f"{cap_item_ids[row]!r}")
+                         f"{_as_numpy(cap_items, 'item_id', 'captions', caps.files[0])[row]!r}")
     if manifest is not None:
         _check_manifest_dims(manifest, items.emb.shape[1], caps.emb.shape[1], shown_root)
-    meta = {k: v for k, v in items.columns.items() if k != "path"}
-    text = caps.columns.get("text") if with_text else None
+    cols = {k: _as_numpy(v, k, "items", items.files[0]) for k, v in items.columns.items()}
+    meta = {k: v for k, v in cols.items() if k != "path"}
+    text = _as_numpy(caps.columns["text"], "text", "captions", caps.files[0]) if "text" in caps.columns else None
     if text is not None:
         text = np.where(pd.isna(text), "", text).astype(object)
     return SplitData(path=shown_root, item_ids=items.ids, item_emb=items.emb, caption_ids=caps.ids,
                      caption_item=caption_item, caption_emb=caps.emb, caption_text=text,
-                     manifest=manifest, item_paths=items.columns.get("path"), item_meta=meta)
+                     manifest=manifest, item_paths=cols.get("path"), item_meta=meta)
+
+
+def _as_numpy(col: pa.ChunkedArray, name: str, kind: str, where: str) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return (as_string(col, name, where) if name in STRING_COLUMNS[kind] else col).to_numpy()
+
+
+def _item_rows(items: pd.Index, col: pa.ChunkedArray | None) -> np.ndarray:
+    """Row in ``items`` of every caption's item_id (-1 = unknown), (M,) int64.
+
+    A dictionary-encoded chunk (as e2i writes it: ~1 entry per item, not per caption) is looked up
+    through its dictionary, so the hash lookups and Python strings are per item, not per caption.
+    """
+    parts = []
+    for chunk in (col.chunks if col is not None else []):
+        if pa.types.is_dictionary(chunk.type):
+            values = as_string(chunk.dictionary, "item_id", "").to_numpy()
+            rows = np.append(items.get_indexer(values), -1)  # null index -> the trailing -1
+            idx = chunk.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
+            parts.append(rows[idx])
+        else:
+            parts.append(items.get_indexer(as_string(chunk, "item_id", "").to_numpy()))
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
 def _check_manifest_dims(manifest: dict, di: int, dc: int, shown_root: str) -> None:

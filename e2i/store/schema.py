@@ -6,7 +6,9 @@ Layout of one split (readable by pandas / pyarrow / duckdb without e2i)::
       manifest.json        written last: schema_version, dataset, split, encoders, dims,
                            shards [{path, kind, rows, bytes, sha256}], counts, created_at, e2i_version
       items/*.parquet      item_id: string (unique), path: string,
-                           embedding: fixed_size_list<float32>[Di], + optional metadata columns
+                           embedding: fixed_size_list<float32>[Di], + optional metadata columns, e.g.
+                           label (class-labelled stores: the class of the item, string or int;
+                           e2i evaluate --relevance-from label, e2i.evaluate.labels)
       captions/*.parquet   caption_id: string (unique), item_id: string (-> items), text: string,
                            embedding: fixed_size_list<float32>[Dc]
       rejected.parquet     source, id, reason (rows that could not be embedded)
@@ -32,6 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REJECTED = "rejected.parquet"
 KINDS = ("items", "captions")
+LABEL_COLUMN = "label"  # optional items column of class-labelled stores (SplitData.item_meta["label"])
 ID_COLUMN = {"items": "item_id", "captions": "caption_id"}
 REQUIRED_COLUMNS = {
     "items": ("item_id", "path", "embedding"),

@@ -2,10 +2,10 @@
 
     loop.py         run_training: the loop one worker runs (Ray Train workers, Tune trials, tests)
     distributed.py  data parallelism of the loop over torch.distributed (broadcast, all-reduce)
-    driver.py       fit: a TorchTrainer, then the run directory; train_local: the same without Ray
+    driver.py       fit: in-process (train_local) for 1 CPU worker, else a TorchTrainer; the run directory
     seeds.py        fit_seeds: one run per seed, mean ± std
     epoch_log.py    the per-epoch console line, TensorBoard scalars, W&B (rank 0)
-    checkpoint.py   safetensors weights + optimizer/queue state + progress.json
+    checkpoint.py   safetensors weights + optimizer/queue state + progress.json; when to write one
     cli.py          `e2i train` (add_arguments / run)
 
 May import: e2i.model, e2i.store, e2i.evaluate.metrics, e2i.config, ray. Importing the package imports

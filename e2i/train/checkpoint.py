@@ -9,6 +9,9 @@ A checkpoint is a directory::
                              improvement, the metric history, the optimizer's param_groups
     config.json              the TrainConfig as a dict
 
+:func:`checkpoint_due` is the loop's default of when to write one (best so far, every N epochs, the
+last epoch) and :func:`report_epoch` writes it for one report call.
+
 Nothing here unpickles: safetensors holds raw tensors only, and a legacy ``.pt`` weights file is read
 with ``torch.load(weights_only=True)``, which refuses pickled code. Damaged files raise a one-line
 :class:`~e2i.errors.CheckpointError` naming the file.
@@ -20,6 +23,8 @@ import json
 import os
 import pickle
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -178,3 +183,27 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
                 f"{tuple(own[key].shape)} (config and checkpoint disagree)"
             )
     module.load_state_dict(state)
+
+
+def checkpoint_due(cfg, epoch: int, improved: bool, last: bool) -> bool:
+    """The default policy: the best epoch so far, every ``checkpoint.every_n_epochs``, the last one."""
+    every = cfg.checkpoint.every_n_epochs
+    return improved or last or (every > 0 and epoch % every == 0)
+
+
+def report_epoch(report, metrics: dict, *, write: bool, model, optimizer, loss_fn, progress: dict,
+                 config: dict) -> None:
+    """``report(metrics, checkpoint_dir)``: with ``write`` a checkpoint in a temporary directory that
+    lives for the call only, unless ``report`` returns True (it then owns the directory); else None."""
+    if not write:
+        report(metrics, None)
+        return
+    directory = tempfile.mkdtemp(prefix="e2i-ckpt-")
+    owned = False
+    try:
+        save_checkpoint(directory, model=model, optimizer=optimizer, loss_fn=loss_fn, progress=progress,
+                        config=config)
+        owned = bool(report(metrics, directory))
+    finally:
+        if not owned:
+            shutil.rmtree(directory, ignore_errors=True)

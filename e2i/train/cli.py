@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in <output_dir>/<name>/ from its last checkpoint",
     )
     parser.add_argument(
-        "--num-workers", type=int, help="Ray Train workers (data parallel); scaling.num_workers"
+        "--num-workers", type=int,
+        help="data-parallel workers (scaling.num_workers); 1 CPU worker trains in-process, more use Ray Train"
     )
     parser.add_argument(
         "--use-gpu",

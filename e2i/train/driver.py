@@ -5,19 +5,23 @@ Three layers (as Ray's train/tune interop recommends):
 
 1. :func:`e2i.train.loop.run_training` — the loop one worker runs; also used by
    ``e2i.tune.trial`` inside function trainables.
-2. :func:`fit` (this module) — the driver: a ``ray.train.torch.TorchTrainer`` (Ray Train V2 API of
-   Ray 2.60: ``ray.train.ScalingConfig/RunConfig/FailureConfig/CheckpointConfig``,
-   ``ray.train.report``, ``ray.train.get_checkpoint``) with one ``run_training`` per worker, then the
-   run directory. :func:`train_local` is the same without Ray.
+2. :func:`fit` (this module) — the driver. Several workers or GPUs (or ``scaling.trainer: ray``):
+   a ``ray.train.torch.TorchTrainer`` (Ray Train V2 API of Ray 2.60:
+   ``ray.train.ScalingConfig/RunConfig/FailureConfig/CheckpointConfig``, ``ray.train.report`` with
+   asynchronous checkpoint upload, ``ray.train.get_checkpoint``) with one ``run_training`` per worker.
+   One CPU worker (``scaling.trainer: auto``, the default, or ``local``): :func:`train_local`, the
+   same loop in this process without Ray (no ~5 s Ray start, no ~15 s worker group), with its own
+   restart-from-checkpoint for ``scaling.max_failures``. Then the run directory.
 3. ``e2i train`` (:mod:`e2i.train.cli`), incl. ``--seeds 0,1,2`` (:mod:`e2i.train.seeds`: mean ± std
    table). Rank 0 logs each epoch through :mod:`e2i.train.epoch_log`.
 
 Run directory ``<output_dir>/<name>/``::
 
     config.yaml               the exact TrainConfig (``e2i train <run>/config.yaml`` repeats the run)
-    checkpoints/              Ray Train's storage: checkpoint_epochNNNN/ (model.safetensors,
-                              train_state.safetensors, progress.json, config.json), the best and the
-                              latest kept; Ray's run snapshot (what ``--resume`` restores from)
+    checkpoints/              checkpoint_epochNNNN/ (model.safetensors, train_state.safetensors,
+                              progress.json, config.json) of the epochs that were the best so far,
+                              every ``checkpoint.every_n_epochs`` and the last; the best and the latest
+                              kept; on the Ray Train path also Ray's run snapshot
     best_model.safetensors    weights of the epoch with the best ``cfg.metric``
     metrics.json              history (one dict per epoch), best epoch/metrics, test metrics with CIs
     training_curves.png       loss, lr and validation metrics per epoch
@@ -25,11 +29,13 @@ Run directory ``<output_dir>/<name>/``::
     wandb/                    W&B run files when logging.use_wandb (offline without WANDB_API_KEY)
     evaluation_results/       test-split metrics JSON + t-SNE/PCA maps (see e2i.evaluate.evaluation)
 
-Resume: ``e2i train CONFIG --resume`` reuses ``checkpoints/``; Ray Train V2 finds its run snapshot
-there and ``ray.train.get_checkpoint()`` hands the latest checkpoint to every worker, which continues
-after that epoch with optimizer/queue state and history (the same path Ray uses to recover from
-worker failures, ``scaling.max_failures``). Without ``--resume`` an existing ``checkpoints/`` is
-deleted first, so a new run never silently continues an old one.
+Resume: ``e2i train CONFIG --resume`` reuses ``checkpoints/``. In-process, the loop restarts from the
+latest ``checkpoint_epochNNNN``. With Ray Train, V2 finds its run snapshot there and
+``ray.train.get_checkpoint()`` hands the latest checkpoint to every worker (the same path Ray uses to
+recover from worker failures, ``scaling.max_failures``); a run without Ray's snapshot (trained
+in-process) gets its latest checkpoint from the driver instead. Either way training continues after
+that epoch with optimizer/queue state and history. Without ``--resume`` an existing ``checkpoints/``
+is deleted first, so a new run never silently continues an old one.
 """
 
 from __future__ import annotations
@@ -44,17 +50,21 @@ from pathlib import Path
 
 from e2i.config import TrainConfig, save_train_config, train_config_from_dict
 from e2i.errors import CheckpointError, E2IError
-from e2i.train.checkpoint import MODEL_FILE, read_progress
+from e2i.train.checkpoint import MODEL_FILE, checkpoint_due, read_progress
 from e2i.train.epoch_log import EpochLogger
 from e2i.train.loop import pick_device, run_training
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
 
 
 def _train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker entry: resume from Ray's latest checkpoint if any, report every epoch."""
+    """Ray Train worker entry: resume from Ray's latest checkpoint if any (a restart after a failure,
+    or Ray's run snapshot on --resume), else from the driver's ``resume_dir`` (a run whose checkpoints
+    Ray does not know, e.g. one trained in-process); report every epoch, checkpoint when due."""
     import ray.train
+    from ray.train import CheckpointUploadMode
 
     cfg = train_config_from_dict(config["cfg"], "<train_loop_config>")
     rank = ray.train.get_context().get_world_rank()
@@ -62,22 +72,29 @@ def _train_loop_per_worker(config: dict) -> None:
     logger = EpochLogger(cfg, config["run_dir"], enabled=rank == 0, raw_stdout=True)
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint is not None else None  # local copy
+    resume_from = resume_dir or config.get("resume_dir")
     if rank == 0:
         gpus = ",".join(str(g) for g in ray.get_gpu_ids()) or "none"
         logger.say(f"{ray.train.get_context().get_world_size()} worker(s) on {pick_device(cfg).type} "
                    f"(Ray GPU ids of rank 0: {gpus})")
-    if resume_dir and rank == 0:
-        logger.say(f"resuming after epoch {read_progress(resume_dir)['epoch']}")
+    if resume_from and rank == 0:
+        logger.say(f"resuming after epoch {read_progress(resume_from)['epoch']}")
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(
-            metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{metrics['epoch']:04d}"
-        )
+        # ASYNC: the upload to the run dir overlaps the next epoch; Ray deletes the local dir after it
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{metrics['epoch']:04d}",
+                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+        return ckpt is not None
+
+    extra = set(config.get("checkpoint_epochs") or ())  # e.g. ASHA's rungs of a multi-worker Tune trial
+
+    def due(epoch: int, improved: bool, last: bool) -> bool:
+        return epoch in extra or checkpoint_due(cfg, epoch, improved, last)
 
     try:
-        run_training(cfg, report=report, resume_from=resume_dir)
+        run_training(cfg, report=report, resume_from=resume_from, checkpoint_when=due)
     finally:
         logger.close()
         if resume_dir:
@@ -116,7 +133,7 @@ def _gpu_request(cfg: TrainConfig) -> tuple[bool, float, str]:
     return True, gpus, "nccl" if ray.get(has_cuda.remote()) else "gloo"
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path):
+def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None):
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -127,7 +144,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path):
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": gpus} if use_gpu else {})
     return TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir)},
+        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "resume_dir": resume_dir},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -171,25 +188,40 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
     return run_dir
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
-    """Train ``cfg`` with a TorchTrainer and write the run directory; returns the metrics.json content.
+def uses_ray_train(cfg: TrainConfig) -> bool:
+    """Whether :func:`fit` starts a TorchTrainer: ``scaling.trainer: ray``, or ``auto`` with several
+    workers or GPUs; ``auto`` with one CPU worker (and ``local``) runs the loop in this process."""
+    if cfg.scaling.trainer != "auto":
+        return cfg.scaling.trainer == "ray"
+    return cfg.scaling.num_workers > 1 or cfg.scaling.use_gpu
 
-    ``resume=True`` continues the run in ``cfg.run_dir`` from its latest checkpoint (CheckpointError if
-    there is none); otherwise earlier checkpoints of that run dir are removed. ``evaluate`` runs
-    ``e2i.evaluate.evaluation`` on the test split afterwards (metrics under ``"test"``).
+
+def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
+    """Train ``cfg`` and write the run directory; returns the metrics.json content.
+
+    A TorchTrainer when :func:`uses_ray_train`, else :func:`train_local` (same loop, same run
+    directory, no Ray). ``resume=True`` continues the run in ``cfg.run_dir`` from its latest checkpoint
+    (CheckpointError if there is none); otherwise earlier checkpoints of that run dir are removed.
+    ``evaluate`` runs ``e2i.evaluate.evaluation`` on the test split afterwards (metrics under ``"test"``).
     """
+    if not uses_ray_train(cfg):
+        return train_local(cfg, resume=resume, evaluate=evaluate)
     run_dir = prepare_run_dir(cfg, resume=resume)
-    _fit_trainer(cfg, run_dir)
+    existing = epoch_checkpoints(run_dir)
+    snapshot = (run_dir / CHECKPOINTS / RAY_SNAPSHOT).is_file()
+    # a run Ray Train does not know (trained in-process): hand its latest checkpoint to the workers
+    resume_dir = str(existing[max(existing)]) if resume and existing and not snapshot else None
+    _fit_trainer(cfg, run_dir, resume_dir)
     return finish_run(cfg, run_dir, evaluate=evaluate)
 
 
-def _fit_trainer(cfg: TrainConfig, run_dir: Path) -> None:
+def _fit_trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None) -> None:
     """TorchTrainer.fit(); a user error raised in a worker (bad store, damaged checkpoint) is re-raised
     as itself, so the CLI prints its one line instead of Ray's multi-page WorkerGroupError."""
     import ray.train
 
     try:
-        _trainer(cfg, run_dir).fit()
+        _trainer(cfg, run_dir, resume_dir).fit()
     except ray.train.TrainingFailedError as exc:
         failures = getattr(exc, "worker_failures", None) or {}
         user_error = next((e for _, e in sorted(failures.items()) if isinstance(e, E2IError)), None)
@@ -199,24 +231,53 @@ def _fit_trainer(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dict:
-    """:func:`fit` without Ray: one in-process worker, the same run directory (tests, notebooks, debugging).
+    """:func:`fit` without Ray: the loop in this process, the same run directory.
 
-    Checkpoints go to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest are kept).
+    Checkpoints go straight to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest
+    are kept). ``scaling.max_failures`` as in Ray Train: after an exception in the loop (not an
+    E2IError, which is the user's to fix, nor Ctrl-C) the loop restarts from the latest checkpoint, up
+    to max_failures times.
     """
     run_dir = prepare_run_dir(cfg, resume=resume)
-    existing = epoch_checkpoints(run_dir)
+    # Ray's snapshot of a Ray Train run resumed here would be stale (a later Ray --resume would take
+    # its older checkpoint): without it, a Ray resume starts from the latest checkpoint_epochNNNN
+    (run_dir / CHECKPOINTS / RAY_SNAPSHOT).unlink(missing_ok=True)
     logger = EpochLogger(cfg, run_dir, enabled=True)
+    logger.say("1 worker on cpu, in this process (no Ray Train; scaling.trainer: ray to use one)")
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)
-        shutil.copytree(checkpoint_dir, run_dir / CHECKPOINTS / f"checkpoint_epoch{metrics['epoch']:04d}")
-        keep = {metrics["epoch"], read_progress(checkpoint_dir)["best_epoch"]}
+        if checkpoint_dir is None:
+            return False
+        target = run_dir / CHECKPOINTS / f"checkpoint_epoch{metrics['epoch']:04d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # an epoch trained again after a restart
+            shutil.rmtree(target)
+        shutil.move(checkpoint_dir, target)  # a rename when on the same file system
+        keep = {metrics["epoch"], read_progress(target)["best_epoch"]}
         for epoch, path in epoch_checkpoints(run_dir).items():
             if epoch not in keep:
                 shutil.rmtree(path)
+        return True
 
+    failures = 0
     try:
-        run_training(cfg, report=report, resume_from=str(existing[max(existing)]) if resume else None)
+        while True:
+            existing = epoch_checkpoints(run_dir)
+            start = str(existing[max(existing)]) if existing and (resume or failures) else None
+            if start:
+                logger.say(f"resuming after epoch {read_progress(start)['epoch']}")
+            try:
+                run_training(cfg, report=report, resume_from=start)
+                break
+            except E2IError:
+                raise
+            except Exception as exc:  # what Ray Train's FailureConfig retries too
+                if failures >= cfg.scaling.max_failures:
+                    raise
+                failures += 1
+                logger.say(f"training failed ({type(exc).__name__}: {exc}); restart {failures} of "
+                           f"scaling.max_failures={cfg.scaling.max_failures} from the latest checkpoint")
     finally:
         logger.close()
     return finish_run(cfg, run_dir, evaluate=evaluate)
@@ -248,10 +309,20 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         "best": history[best_epoch - 1],
         "history": history,
     }
+    if cfg.data.train:  # several stores mixed: which ones and how much of each (e2i.store.mix)
+        from e2i.store.mix import mix_record
+
+        summary["train_mix"] = mix_record(cfg.data.train, seed=cfg.seed, train_subset=cfg.data.train_subset,
+                                          as_written=cfg.paths_as_written)
     if evaluate:
         from e2i.evaluate.evaluation import evaluate_run
 
-        summary["test"] = evaluate_run(run_dir, split=cfg.data.test_split)["metrics"]
+        from e2i.evaluate.baselines import compare_to_baseline
+
+        result = evaluate_run(run_dir, split=cfg.data.test_split)
+        summary["test"] = result["metrics"]
+        if result.get("baseline"):  # test R@1 vs the store's best closed-form baseline
+            summary["baseline"] = compare_to_baseline(result["metrics"], result["baseline"])
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     test = summary.get("test", {})
     tail = (
@@ -259,6 +330,9 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         if test
         else ""
     )
+    if summary.get("baseline"):
+        b = summary["baseline"]
+        tail += f" ({'LOSES to' if b['loses'] else 'beats'} baseline {b['baseline']} {b['baseline_value']:.4f})"
     print(
         f"[{cfg.name}] done: {progress['epoch']} epochs, best {cfg.metric} {summary['best_metric']:.4f} "
         f"at epoch {best_epoch}{tail} -> {run_dir}",

@@ -2,8 +2,9 @@
 
 :func:`run_training` runs unchanged inside a ``TorchTrainer`` worker (``e2i.train.driver.fit``), inside a
 Ray Tune function trainable (``e2i.tune.trial``) or in a plain process (tests). It calls
-``report(metrics, checkpoint_dir)`` once per epoch; ``checkpoint_dir`` (rank 0 only, else None)
-exists only during the call: copy it (``ray.train.report`` / ``ray.tune.report`` do).
+``report(metrics, checkpoint_dir)`` once per epoch; ``checkpoint_dir`` (rank 0 only, on the epochs
+that need one, else None) is a temporary directory removed after the call, unless ``report`` returns
+True: then it owns the directory (moves it, or hands it to Ray's asynchronous upload, which deletes it).
 
 Conventions of the loop:
 
@@ -26,8 +27,15 @@ Conventions of the loop:
   text_to_item mAP@10, ``val/median_rank`` ...), ``val/item_to_text/<m>`` the other direction, and
   ``val/loss`` the loss on the val split (softmax_infonce in place of queue_infonce, whose queue
   would otherwise leak between batches). Also ``train/loss``, ``lr``, ``logit_scale``, ``epoch``,
-  ``step``, ``time/epoch_s``, ``train/pairs_per_s``.
+  ``step``, ``time/epoch_s`` (training), ``time/val_s`` (validation), ``train/pairs_per_s``.
 - Early stopping on ``cfg.metric`` after ``early_stopping_patience`` epochs without improvement.
+- Checkpoints (:func:`checkpoint_due`): the epoch that is the best so far, every
+  ``checkpoint.every_n_epochs`` epochs, and the last epoch (the end or an early stop); other epochs
+  only report metrics (no model serialisation). A caller may pass its own ``checkpoint_when``.
+- Mixed precision ``16-mixed`` (GradScaler): gradients are averaged over workers *before*
+  ``unscale_``, so every rank sees the same gradients and takes the same skip-or-step decision.
+- After each optimizer step ``model.clamp_parameters_()`` runs when the model has it (e.g. the
+  logit scale capped at 100 as open_clip does).
 """
 
 from __future__ import annotations
@@ -36,21 +44,24 @@ import contextlib
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 
 from e2i.config import LossConfig, TrainConfig
+from e2i.errors import ConfigError
 from e2i.store import SplitData, load_split, subset_split
-from e2i.train.checkpoint import load_checkpoint, save_checkpoint
+from e2i.store.mix import load_mix
+from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
 
-Report = Callable[[dict, str | None], None]
+Report = Callable[[dict, str | None], bool | None]
+# checkpoint_when(epoch, improved, last) -> write a checkpoint after this (1-based) epoch?
+CheckpointWhen = Callable[[int, bool, bool], bool]
 EVAL_CHUNK = 4096  # rows per forward pass when embedding a whole split
 
 
@@ -59,12 +70,22 @@ EVAL_CHUNK = 4096  # rows per forward pass when embedding a whole split
 
 
 def load_data(cfg: TrainConfig) -> tuple[SplitData, SplitData]:
-    """(train, val) splits of ``cfg.data.store`` (local or s3://); ``train_subset`` = first N items."""
+    """(train, val) splits of ``cfg.data.store`` (local or s3://); ``train_subset`` = first N items.
+
+    With ``data.train`` the train split is the mix of those stores (:func:`e2i.store.mix.load_mix`:
+    items of every part with distinct ids, one epoch's caption draws); val stays ``data.store``'s."""
     base = cfg.data.store.rstrip("/")
-    train = load_split(f"{base}/{cfg.data.train_split}", with_text=False)
-    if cfg.data.train_subset is not None and cfg.data.train_subset < train.num_items:
-        train = subset_split(train, np.arange(cfg.data.train_subset))
+    if cfg.data.train:
+        train = load_mix(cfg.data.train, seed=cfg.seed, train_subset=cfg.data.train_subset)
+    else:
+        train = load_split(f"{base}/{cfg.data.train_split}", with_text=False)
+        if cfg.data.train_subset is not None and cfg.data.train_subset < train.num_items:
+            train = subset_split(train, np.arange(cfg.data.train_subset))
     val = load_split(f"{base}/{cfg.data.val_split}", with_text=False)
+    if cfg.data.train and (val.item_dim, val.caption_dim) != (train.item_dim, train.caption_dim):
+        raise ConfigError(f"data.store: {base}/{cfg.data.val_split} has item/caption embeddings of dim "
+                          f"{val.item_dim}/{val.caption_dim}, the data.train parts {train.item_dim}/"
+                          f"{train.caption_dim}")
     return train, val
 
 
@@ -205,13 +226,15 @@ def run_training(
     report: Report,
     resume_from: str | None = None,
     data: tuple[SplitData, SplitData] | None = None,
+    checkpoint_when: CheckpointWhen | None = None,
 ) -> dict:
     """Train ``cfg`` on this worker; returns {history, best, best_epoch, best_metric, epochs, stopped_early}.
 
     ``report(metrics, checkpoint_dir)`` is called once per epoch on every worker (checkpoint_dir is
     None on ranks > 0). ``resume_from`` is a checkpoint directory written by this loop: training
     continues after its epoch with its optimizer, loss (queue) state and history. ``data`` =
-    (train, val) SplitData skips loading from ``cfg.data.store``.
+    (train, val) SplitData skips loading from ``cfg.data.store``. ``checkpoint_when(epoch, improved,
+    last)`` replaces :func:`checkpoint_due` (every rank must give the same answer).
     """
     from e2i.model.heads import build_model
     from e2i.model.losses import build_loss
@@ -270,23 +293,27 @@ def run_training(
             losses.append(float(loss.detach()))
             if (b + 1) % accum == 0 or b + 1 == n_batches:
                 progress["step"] = _optimizer_step(
-                    optimizer, params, scaler, cfg, world, progress["step"], warmup_steps, total_steps
+                    optimizer, params, scaler, cfg, world, progress["step"], warmup_steps, total_steps,
+                    model=model,
                 )
         seconds = time.perf_counter() - start
+        val_metrics = validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used)
         metrics = {
             "epoch": epoch + 1,
             "step": progress["step"],
             "train/loss": float(np.mean(losses)),
             "lr": optimizer.param_groups[0]["lr"],
             "logit_scale": float(model.logit_scale.detach()),
-            **validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used),
+            **val_metrics,
             "time/epoch_s": seconds,
+            "time/val_s": time.perf_counter() - start - seconds,
             "train/pairs_per_s": n_batches * local * world / seconds,
         }
         value = metrics.get(cfg.metric)
         if value is None:
             raise KeyError(f"metric {cfg.metric!r} is not computed (have: {', '.join(sorted(metrics))})")
-        if _improved(value, progress["best_metric"], cfg.metric_mode):
+        improved = _improved(value, progress["best_metric"], cfg.metric_mode)
+        if improved:
             progress.update(best_metric=value, best_epoch=epoch + 1, bad_epochs=0)
         else:
             progress["bad_epochs"] += 1
@@ -294,7 +321,10 @@ def run_training(
         progress["history"].append(metrics)
         patience = cfg.optim.early_stopping_patience
         stop = agree(patience > 0 and progress["bad_epochs"] >= patience, world)
-        _report_epoch(report, metrics, rank, model, optimizer, loss_fn, progress, cfg)
+        last = stop or epoch + 1 == cfg.optim.epochs
+        due = (checkpoint_when or partial(checkpoint_due, cfg))(epoch + 1, improved, last)
+        report_epoch(report, metrics, write=due and rank == 0, model=model, optimizer=optimizer,
+                     loss_fn=loss_fn, progress=progress, config=cfg.to_dict())
         if stop:
             stopped_early = progress["epoch"] < cfg.optim.epochs
             break
@@ -312,12 +342,20 @@ def run_training(
 
 
 def _optimizer_step(
-    optimizer, params, scaler, cfg: TrainConfig, world: int, step: int, warmup_steps: int, total_steps: int
+    optimizer, params, scaler, cfg: TrainConfig, world: int, step: int, warmup_steps: int, total_steps: int,
+    *, model=None,
 ) -> int:
-    """Average grads over workers, clip, set the scheduled lr, step; returns the new step count."""
+    """Average grads over workers, unscale (GradScaler), clip, set the scheduled lr, step, clamp the
+    model's parameters; returns the new step count.
+
+    With a GradScaler the (still scaled) gradients are averaged first: all workers use the same loss
+    scale s, so mean_w(s * g_w) = s * mean_w(g_w), and ``unscale_`` then checks the *averaged*
+    gradients for inf/NaN: an overflow on any worker makes the mean non-finite on every worker, so all
+    ranks skip the step together (unscaling first lets each rank decide on its own gradients, and a
+    rank whose own gradients are finite then steps with the averaged inf/NaN)."""
+    average_gradients(params, world)
     if scaler:
         scaler.unscale_(optimizer)
-    average_gradients(params, world)
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     lr = lr_at(step, peak=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps)
@@ -329,26 +367,8 @@ def _optimizer_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    clamp = getattr(model, "clamp_parameters_", None)
+    if clamp is not None:
+        clamp()
     return step + 1
 
-
-def _report_epoch(
-    report: Report, metrics: dict, rank: int, model, optimizer, loss_fn, progress: dict, cfg: TrainConfig
-) -> None:
-    """Rank 0 writes a checkpoint into a temporary directory that lives for the report call only."""
-    if rank != 0:
-        report(metrics, None)
-        return
-    directory = tempfile.mkdtemp(prefix="e2i-ckpt-")
-    try:
-        save_checkpoint(
-            directory,
-            model=model,
-            optimizer=optimizer,
-            loss_fn=loss_fn,
-            progress=progress,
-            config=cfg.to_dict(),
-        )
-        report(metrics, directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

@@ -12,6 +12,8 @@ their validation against the train-config fields they name.
 
 Distributions: ``choice: [...]``, ``uniform: [lo, hi]``, ``loguniform: [lo, hi]``, ``int: [lo, hi]``
 (+ ``step``/``q``, or ``log: true``), ``quniform: [lo, hi, q]`` (``uniform`` + ``step`` is the same).
+Keys are ``seed`` and fields of model/loss/optim, plus ``data.train[i].repeat`` / ``.weight`` of a
+mixed train set whose parts the base config lists (e.g. ``data.train[1].repeat: {choice: [1, 3, 5]}``).
 A condition may only name a ``choice`` parameter of the enclosing scopes (the root or a parent block);
 a key may appear in several blocks only if their conditions exclude each other.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -36,7 +39,8 @@ from e2i.errors import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "int", "quniform")
 NAMED_CHOICES = {"model.type": HEAD_TYPES, "loss.type": LOSS_TYPES, "optim.precision": PRECISIONS}
-SEARCHABLE_SECTIONS = ("model", "loss", "optim")  # + the top-level `seed`
+SEARCHABLE_SECTIONS = ("model", "loss", "optim")  # + the top-level `seed` and MIX_KEY
+MIX_KEY = re.compile(r"data\.train\[\d+\]\.(repeat|weight)")  # e.g. data.train[1].repeat: {choice: [1, 3]}
 FIXED_KEYS = {  # keys a search must not vary, with the reason shown to the user
     "optim.epochs": "trial length is scheduler.max_t",
     "metric": "the objective must be the same for every trial",
@@ -193,11 +197,13 @@ def _scalar_type(tp: Any) -> Any:
 def _check_key(key: str, source: str, where: str) -> Any:
     if key in FIXED_KEYS:
         raise fail(source, where, f"cannot be searched ({FIXED_KEYS[key]})")
+    if MIX_KEY.fullmatch(key):  # the mix of a mixed train set (the base's data.train lists the parts)
+        return float
     section = key.split(".")[0]
     if key != "seed" and section not in SEARCHABLE_SECTIONS:
         sections = ", ".join(f"{s}.*" for s in SEARCHABLE_SECTIONS)
-        raise fail(source, where, f"cannot be searched (searchable: seed, {sections}; data is set in "
-                   "`data:`, resources in `search.resources_per_trial`)")
+        raise fail(source, where, f"cannot be searched (searchable: seed, {sections}, data.train[i].repeat"
+                   "/weight; data is set in `data:`, resources in `search.resources_per_trial`)")
     try:
         return _scalar_type(_field_type(key))
     except KeyError as exc:

@@ -12,6 +12,9 @@ Tune's per-trial ``result.json`` files (local or s3://). Writes ``<experiment_di
     parallel_coordinates.png            one line per finished trial across the parameters
     asha_learning_curves.png            validation metric per epoch with the rungs, and the values
                                         each rung compared (promoted vs stopped there)
+    best_so_far_time.png                best objective so far against wall-clock seconds since the
+                                        first trial started, the best closed-form baseline as a line
+    report.html                         all of the above in one self-contained page
 
 Conventions: "value" is the trial's objective, ``best/<metric>`` = best validation value within the
 trial; for a pruned trial it is the value when ASHA stopped it. "epochs" = epochs the trial ran.
@@ -50,6 +53,8 @@ class TrialRow:
     epochs: int
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> objective (Optuna intermediate)
     history: list[dict] = field(default_factory=list)  # Tune's per-epoch results, when readable
+    started: float | None = None  # POSIX seconds (Optuna's datetime_start / datetime_complete)
+    finished: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +115,8 @@ def trial_rows(study, results: dict[int, list[dict]] | None = None) -> list[Tria
         history = (results or {}).get(t.number, [])
         epochs = max([*curve, *(int(r.get("epoch", 0)) for r in history), 0])
         value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
-        rows.append(TrialRow(t.number, t.state.name, value, dict(t.params), epochs, curve, history))
+        start, end = (d.timestamp() if d else None for d in (t.datetime_start, t.datetime_complete))
+        rows.append(TrialRow(t.number, t.state.name, value, dict(t.params), epochs, curve, history, start, end))
     return rows
 
 
@@ -326,6 +332,18 @@ def plot_learning_curves(rows: list[TrialRow], info: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_time(rows: list[TrialRow], info: dict, path: Path, baseline: tuple[dict, str] | None) -> Path:
+    """Best-so-far objective against wall-clock seconds since the first trial started."""
+    from e2i.evaluate.plots import plot_best_so_far
+
+    t0 = min((r.started for r in rows if r.started is not None), default=None)
+    done = [r for r in rows if t0 is not None and r.finished is not None and r.value is not None
+            and math.isfinite(r.value) and r.state in ("COMPLETE", "PRUNED")]
+    line = (f"{baseline[0]['name']} (val)", float(baseline[0]["metrics"][baseline[1]])) if baseline else None
+    return plot_best_so_far([r.finished - t0 for r in done], [r.value for r in done], path,
+                            complete=[r.state == "COMPLETE" for r in done], mode=info["mode"], metric=info["metric"],
+                            baseline=line, title=f"{info['space']}: best so far against wall time")
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -341,6 +359,8 @@ def _save(fig, path: Path) -> Path:
 def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None,
                 quiet: bool = False) -> dict:
     """Write ``<experiment_dir>/report/`` and print the leaderboard; returns paths and the rows."""
+    from e2i.evaluate import html_report as h
+
     exp = Path(experiment_dir)
     info, study = read_experiment(exp, storage)
     rows = trial_rows(study, read_tune_results(info["tune_experiment"]))
@@ -359,9 +379,12 @@ def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None
              plot_importances(study, out / "param_importances.png"),
              plot_parallel(rows, info, out / "parallel_coordinates.png"),
              plot_learning_curves(rows, info, out / "asha_learning_curves.png")]
+    baseline = h.tune_baseline(info)
+    plots.append(plot_time(rows, info, out / "best_so_far_time.png", baseline))
+    html = h.tune_page(out / "report.html", title, header, table, plots, baseline, info)
     if not quiet:
-        print(f"e2i report: {len(rows)} trials; leaderboard and {len(plots)} plots in {out}", flush=True)
-    return {"dir": out, "plots": plots, "leaderboard": out / "leaderboard.csv", "rows": rows}
+        print(f"e2i report: {len(rows)} trials; leaderboard, {len(plots)} plots and report.html in {out}", flush=True)
+    return {"dir": out, "plots": plots, "leaderboard": out / "leaderboard.csv", "rows": rows, "html": html}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

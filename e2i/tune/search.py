@@ -2,6 +2,7 @@
 
     tune_space("tune_spaces/default.yaml", num_samples=16)  # = e2i tune <space> --num-samples 16
     tune_space("tune_spaces/default.yaml", resume=True)     # = e2i tune <space> --resume (after a kill)
+    tune_space("tune_spaces/default.yaml", time_budget_s=600)  # = e2i tune <space> --time-budget 10m
 
 How it fits together (numbered as in Ray's train/tune interop example):
 
@@ -26,6 +27,11 @@ This module checks the storage (a new run never mixes into an existing experimen
 or restores the Tuner, and exports the best COMPLETE trial. On ``--resume`` errored trials stay
 errored (FAIL) and are not retried: Tune's restart would give them ids the searcher never proposed.
 ``num_samples`` is the one of the first run.
+
+Time budget (``--time-budget``): Ray Tune's ``TuneConfig(time_budget_s=...)`` stops every trial once
+the wall time is spent; without ``--num-samples`` the trial count is unlimited (``num_samples=-1``),
+so trials keep coming until then. Trials the budget cut are told PRUNED (``stopped_by: time_budget``).
+Ctrl-C ends the search the same way (Ray's SIGINT handler) and the best so far is exported.
 
 Outputs (``<output_dir>/<space>/``): ``optuna.db``, ``experiment.json``, ``best_config.yaml`` (a
 plain train config: ``e2i train`` on it reproduces the best trial), ``report/`` (``e2i report``),
@@ -57,6 +63,44 @@ from e2i.tune.optuna_search import (
 )
 from e2i.tune.space import TuneSpace, load_space
 from e2i.tune.trial import make_trainable
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s' / '10m' / '1h' / '1.5h' / '600' (seconds) -> seconds (> 0); ValueError otherwise."""
+    raw = str(text).strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 10m, 1h or plain seconds)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r}: the time budget must be > 0")
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeBudget:
+    """A wall-clock budget of a search (``e2i tune --time-budget``); ``count_limited`` False means no
+    trial-count cap (Tune's ``num_samples=-1``): trials keep coming until the budget is spent."""
+
+    seconds: float | None = None
+    count_limited: bool = True
+
+    def num_samples(self, space: TuneSpace) -> int | None:
+        return space.search.num_samples if self.count_limited else None
+
+    @staticmethod
+    def prune_cut_trials(space: TuneSpace) -> int:
+        """Tell the study PRUNED for the trials the budget stopped (Tune's stop-all does not reach the
+        searcher, so they would stay RUNNING); they are partial, like ASHA-stopped ones."""
+        study = optuna.load_study(study_name=space.study_name, storage=make_storage(space.optuna_url))
+        cut = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in cut:
+            study._storage.set_trial_user_attr(t._trial_id, "stopped_by", "time_budget")
+            study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+        return len(cut)
 
 
 def _tune_storage(space: TuneSpace) -> tuple[str, Any]:
@@ -115,13 +159,13 @@ def _masked(url: str) -> str:
         return url
 
 
-def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
+def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs, budget: TimeBudget):
     import ray.tune
 
     objective = objective_key(space.metric)
     searcher = E2IOptunaSearch(space=space.sample, metric=objective, mode=space.mode,
                                sampler=make_sampler(space), study_name=space.study_name,
-                               storage=make_storage(space.optuna_url), num_samples=space.search.num_samples)
+                               storage=make_storage(space.optuna_url), num_samples=budget.num_samples(space))
     sched = space.scheduler
     scheduler = None
     if sched.type == "asha":
@@ -138,7 +182,9 @@ def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=space.search.num_samples,
+                                        # -1: Tune samples until the time budget stops it
+                                        num_samples=budget.num_samples(space) or -1,
+                                        time_budget_s=budget.seconds,
                                         max_concurrent_trials=space.search.max_concurrent_trials,
                                         # a trial's process (torch, the shared data) serves the next
                                         # trial: saves the ~5-20 s start-up of a new actor per trial
@@ -152,14 +198,15 @@ def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs):
     )
 
 
-def _write_experiment_json(space: TuneSpace, exp_path: str, fs) -> None:
+def _write_experiment_json(space: TuneSpace, exp_path: str, fs, budget: TimeBudget) -> None:
     info = {
         "space": space.name, "space_file": str(Path(space.source).resolve()), "study_name": space.study_name,
         "optuna_storage": _masked(space.optuna_url),
         "tune_experiment": (f"s3://{exp_path}" if fs is not None else exp_path),
         "metric": space.metric, "objective": objective_key(space.metric), "mode": space.mode,
         "scheduler": vars(space.scheduler), "rungs": space.scheduler.rungs(),
-        "num_samples": space.search.num_samples, "params": [p.key for p in space.params],
+        "num_samples": budget.num_samples(space), "time_budget_s": budget.seconds,
+        "params": [p.key for p in space.params],
         "base": space.base,
     }
     space.experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -167,14 +214,20 @@ def _write_experiment_json(space: TuneSpace, exp_path: str, fs) -> None:
 
 
 def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = False,
-               report: bool = True) -> dict:
-    """Run (or resume) the search of ``space``; returns a summary dict (also printed)."""
+               report: bool = True, budget: TimeBudget | None = None) -> dict:
+    """Run (or resume) the search of ``space``; returns a summary dict (also printed).
+
+    Ctrl-C (SIGINT) during ``tuner.fit()``: Ray Tune's handler ends the run after a last experiment
+    snapshot, ``fit`` returns, and the best COMPLETE trial so far is exported as usual (running trials
+    stay RUNNING in the study, so ``--resume`` continues them)."""
+    budget = budget or TimeBudget()
     import ray
     import ray.tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # CheckpointConfig(num_to_keep=1) makes Tune snapshot the experiment whenever a trial saved a
-    # checkpoint (each epoch): wanted (small drift on resume), so not worth a warning each time
+    # checkpoint (at ASHA rungs, every N epochs, the last: e2i.tune.trial.trial_checkpoint_due): wanted
+    # (small drift on resume), so not worth a warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
     tune_path, fs = _tune_storage(space)
@@ -192,7 +245,7 @@ def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = Fals
     if resume:
         space = _original_budget(space)
     else:
-        _write_experiment_json(space, exp_path, fs)
+        _write_experiment_json(space, exp_path, fs, budget)
     if not ray.is_initialized():
         ray.init()
     trainable = make_trainable(space, tune_path, fs)
@@ -200,8 +253,11 @@ def run_search(space: TuneSpace, *, resume: bool = False, overwrite: bool = Fals
         tuner = ray.tune.Tuner.restore(exp_path, trainable, storage_filesystem=fs, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
     else:
-        tuner = _build_tuner(space, trainable, tune_path, fs)
+        tuner = _build_tuner(space, trainable, tune_path, fs, budget)
+    fit_start = time.perf_counter()
     tuner.fit()
+    if budget.seconds is not None and time.perf_counter() - fit_start >= budget.seconds:
+        budget.prune_cut_trials(space)  # stopped by the budget, not by Ctrl-C: not resumable anyway
     summary = finish_search(space, wall_s=time.perf_counter() - start)
     if report:
         from e2i.tune.report import make_report
@@ -251,9 +307,11 @@ def export_best_config(space: TuneSpace, params: dict, number: int, value: float
     cfg = space.trial_config(params, name=f"{space.name}-best")
     path = space.experiment_dir / "best_config.yaml"
     save_train_config(cfg, path)
+    tuned_on = (f"data.train: {len(cfg.data.train)} stores mixed" if cfg.data.train
+                else f"data.train_split={cfg.data.train_split}")
     header = (f"# Best trial {number} of search space {space.name!r} ({space.source}): "
               f"{space.metric} = {value:.4f} on {cfg.data.val_split}\n"
-              f"# Train it with: e2i train {path}   (tuned on data.train_split={cfg.data.train_split}"
+              f"# Train it with: e2i train {path}   (tuned on {tuned_on}"
               f"{f', train_subset={cfg.data.train_subset}' if cfg.data.train_subset else ''};"
               " change data: to train on more)\n")
     path.write_text(header + path.read_text())
@@ -277,8 +335,12 @@ def tune_space(path: str | os.PathLike, *, num_samples: int | None = None, outpu
                storage_path: str | None = None, storage: str | None = None,
                overrides: dict[str, Any] | list[str] | None = None, max_t: int | None = None,
                max_concurrent_trials: int | None = None, resume: bool = False, overwrite: bool = False,
-               report: bool = True) -> dict:
-    """Load ``path`` with the given overrides (dotted keys of the space document) and run the search."""
+               report: bool = True, time_budget_s: float | None = None) -> dict:
+    """Load ``path`` with the given overrides (dotted keys of the space document) and run the search.
+
+    ``time_budget_s``: stop the search after this many seconds (Ray Tune's ``time_budget_s``); trials
+    keep being sampled until then, unless ``num_samples`` is also given (then whichever comes first).
+    """
     extra: dict[str, Any] = {}
     if isinstance(overrides, list):
         from e2i.config import parse_override
@@ -295,4 +357,5 @@ def tune_space(path: str | os.PathLike, *, num_samples: int | None = None, outpu
     if max_t is not None and "scheduler.grace_period" not in extra:
         extra["scheduler.grace_period"] = min(max_t, load_space(path).scheduler.grace_period)
     space = load_space(path, extra)
-    return run_search(space, resume=resume, overwrite=overwrite, report=report)
+    budget = TimeBudget(seconds=time_budget_s, count_limited=num_samples is not None or time_budget_s is None)
+    return run_search(space, resume=resume, overwrite=overwrite, report=report, budget=budget)

@@ -292,14 +292,14 @@ def check_sampled_configs(space: TuneSpace, *, seed: int = 0) -> int:
             if key in seen:
                 continue
             seen.add(key)
-            data = space.config_dict(mine)
             try:
+                data = space.config_dict(mine)  # data.train[i]: the base must list part i
                 if section in SEARCHABLE_SECTIONS:
                     build_dataclass(hints[section], data[section], "<sampled>", f"{section}.")
                 else:
                     train_config_from_dict(data, "<sampled>")
             except ConfigError as exc:
-                detail = str(exc).removeprefix("<sampled>: ")
+                detail = str(exc).removeprefix("<sampled>: ").removeprefix("<overrides>: ")
                 assignment = ", ".join(f"{k}={v}" for k, v in mine.items())
                 message = f"sampled config ({assignment}) is invalid: {detail}"
                 raise fail(space.source, "space", message) from None

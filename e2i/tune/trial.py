@@ -11,6 +11,7 @@ A trial trains through the same loop as ``e2i train``:
   TuneReportCallback.
 
 Every report carries the objective ``best/<metric>``: the best validation value of the trial so far.
+A report carries a checkpoint only where Tune's resume needs one (:func:`trial_checkpoint_due`).
 """
 
 from __future__ import annotations
@@ -74,17 +75,32 @@ def trial_main(config: dict, setup: TrialSetup, data=None) -> None:
 
     checkpoint = ray.tune.get_checkpoint()
     objective = _Objective(cfg.metric, cfg.metric_mode)
+    due = trial_checkpoint_due(cfg, setup.space.scheduler.rungs())
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.tune.report(objective(metrics), checkpoint=ckpt)
 
     if checkpoint is None:
-        run_training(cfg, report=report, data=data)
+        run_training(cfg, report=report, data=data, checkpoint_when=due)
         return
     with checkpoint.as_directory() as resume_dir:
         objective.best = read_progress(resume_dir).get("best_metric")
-        run_training(cfg, report=report, resume_from=resume_dir, data=data)
+        run_training(cfg, report=report, resume_from=resume_dir, data=data, checkpoint_when=due)
+
+
+def trial_checkpoint_due(cfg, rungs: list[int]):
+    """When a trial writes a checkpoint (only Tune's resume reads trial checkpoints: retraining the
+    best config starts from scratch, so "best so far" is not needed): at ASHA's rungs (a trial
+    stopped there is then in the experiment snapshot, which Tune takes after a trial checkpoint),
+    every ``checkpoint.every_n_epochs`` and at the trial's last epoch; other epochs report metrics
+    only."""
+    every, at = cfg.checkpoint.every_n_epochs, set(rungs)
+
+    def due(epoch: int, improved: bool, last: bool) -> bool:
+        return last or epoch in at or (every > 0 and epoch % every == 0)
+
+    return due
 
 
 def _run_torch_trainer(cfg, setup: TrialSetup, trial_dir: str) -> None:
@@ -106,7 +122,8 @@ def _run_torch_trainer(cfg, setup: TrialSetup, trial_dir: str) -> None:
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": gpus} if use_gpu else {})
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": trial_dir},
+        train_loop_config={"cfg": cfg.to_dict(), "run_dir": trial_dir,
+                           "checkpoint_epochs": setup.space.scheduler.rungs()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -130,6 +147,9 @@ def make_trainable(space: TuneSpace, tune_path: str, fs):
     res = space.search.resources_per_trial
     if space.base_config.scaling.num_workers > 1:  # the TorchTrainer's workers hold the resources
         return ray.tune.with_resources(ray.tune.with_parameters(trial_main, setup=setup), {"cpu": 0.01})
+    if any(p.key.startswith("data.") for p in space.params):  # the mix is searched: trials load their own
+        return ray.tune.with_resources(ray.tune.with_parameters(trial_main, setup=setup),
+                                       {"cpu": res.cpu, "gpu": res.gpu})
     train, val = load_data(space.base_config)
     print(f"e2i tune: train {train.num_items} items / {train.num_captions} captions, val {val.num_items} "
           f"items; shared by all trials through the object store", flush=True)

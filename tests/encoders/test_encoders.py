@@ -83,7 +83,18 @@ def pictures(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_and_option_errors():
-    assert set(ENCODERS) == {"passt", "hf-text", "hf-image", "logmel-stats", "ngram-hash", "image-stats"}
+    assert set(ENCODERS) == {
+        "passt",
+        "hf-text",
+        "hf-image",
+        "siglip2",
+        "franca",
+        "panns",
+        "sbert",
+        "logmel-stats",
+        "ngram-hash",
+        "image-stats",
+    }
     assert {ENCODERS[n].modality for n in LIGHT_DEFAULTS.values()} == {"audio", "text", "image"}
     with pytest.raises(ConfigError, match="unknown encoder 'clap'.*valid: passt, hf-text"):
         get_encoder("clap")

@@ -68,9 +68,10 @@ def test_temperature_and_bias_initialisation_and_clamp():
     assert model.log_scale.requires_grad and model.bias.requires_grad
     with torch.no_grad():
         model.log_scale.fill_(math.log(1000.0))
-    assert model.logit_scale.item() == pytest.approx(100.0)  # clamped as CLIP
+    model.clamp_parameters_()  # the cap is on the parameter, after each optimizer step (open_clip)
+    assert model.logit_scale.item() == pytest.approx(100.0)
 
-    frozen = build_model(ModelConfig(type="clip", learn_temperature=False, **SMALL), 8, 8)
+    frozen = build_model(ModelConfig(type="clip", learn_temperature=False, learn_bias=False, **SMALL), 8, 8)
     assert not frozen.log_scale.requires_grad and not frozen.bias.requires_grad
     assert frozen.logit_scale.item() == pytest.approx(1 / 0.07)
 
@@ -131,3 +132,33 @@ def test_dropout_is_active_only_in_training():
     model.eval()
     torch.testing.assert_close(model.encode_items(x), model.encode_items(x))
     assert F.cosine_similarity(model.encode_items(x), model.encode_items(x)).min() > 0.999
+
+
+def test_attention_head_maps_each_chunk_with_its_own_weights_and_pools_a_cls_token():
+    """Flat inputs: chunk t has its own (d, H) map (no shared projection), and the output is the
+    CLS token's: without positional embeddings, swapping two chunks still changes the embedding."""
+    torch.manual_seed(0)
+    head = AttentionHead(8, output_dim=4, hidden_dim=8, num_heads=2, num_layers=1, num_tokens=4).eval()
+    assert head.token_weight.shape == (4, 2, 8) and head.token_bias.shape == (4, 8)
+    assert head.cls.shape == (1, 1, 8) and not hasattr(head, "token_proj")
+    with torch.no_grad():
+        head.pos.zero_()
+    x = torch.randn(3, 8)
+    swapped = x.reshape(3, 4, 2)[:, [1, 0, 2, 3]].reshape(3, 8)
+    assert not torch.allclose(head(x), head(swapped), atol=1e-4)
+    # token t of the projection only depends on chunk t, through W_t
+    t = head.tokens(head.in_norm(x))
+    h = head.embed_tokens(x)
+    torch.testing.assert_close(h[:, 2], t[:, 2] @ head.token_weight[2] + head.token_bias[2])
+
+
+def test_old_attention_checkpoint_is_a_one_line_error(tmp_path):
+    from e2i.errors import CheckpointError
+    from e2i.train.checkpoint import load_into
+
+    model = build_model(ModelConfig(type="attention", **SMALL), 8, 8)
+    old = {k: v for k, v in model.state_dict().items() if ".cls" not in k and "token_" not in k}
+    old["item_head.token_proj.weight"] = torch.zeros(32, 2)  # the shared projection of the old head
+    with pytest.raises(CheckpointError, match=r"^\S+: does not match the model \(missing") as info:
+        load_into(model, old, tmp_path / "model.safetensors")
+    assert "\n" not in str(info.value)

@@ -263,13 +263,15 @@ def test_bad_store_through_verify_and_split(rel_store, tmp_path, capsys, what):
 
 @pytest.mark.slow
 def test_bad_store_in_e2i_train_is_one_line_not_a_ray_traceback(ray_local, rel_config, rel_store, tmp_path, capsys):
-    """The store is read inside the Ray Train worker: its StoreError must reach the user as one line."""
+    """The store is read inside the Ray Train worker (scaling.trainer=ray; 1 CPU worker would run in-process):
+    its StoreError must reach the user as one line."""
     shutil.copytree(rel_store, tmp_path / "store")
     shard = next((tmp_path / "store" / "train" / "items").glob("*.parquet"))
     item = pq.read_table(shard).column("item_id")[4].as_py()
     _rewrite(shard, lambda c: c["embedding"][4].__setitem__(0, float("nan")))
     code, _, err = run_cli(["train", str(rel_config), "--set", f"data.store={tmp_path / 'store'}",
-                            "--output-dir", str(tmp_path / "results"), "--no-evaluate"], capsys)
+                            "--set", "scaling.trainer=ray", "--output-dir", str(tmp_path / "results"),
+                            "--no-evaluate"], capsys)
     error_line(code, err, exit_code=2,
                full=re.escape(f"e2i: error: {shard}: {item!r}: embedding has NaN/inf or null values"))
 

@@ -97,19 +97,26 @@ EPOCHS = 16
 
 @pytest.mark.slow
 def test_killed_train_worker_restarts_from_its_last_checkpoint(ray_local, tmp_path, capsys):
-    """`e2i train` with scaling.max_failures=1; the worker process is SIGKILLed mid-run. Training
-    restarts from the last registered checkpoint and finishes; the history has every epoch once and
-    equals an uninterrupted run's, so the curves are not corrupted."""
+    """`e2i train` on Ray Train with scaling.max_failures=1; the worker process is SIGKILLed mid-run.
+    Training restarts from the last registered checkpoint (checkpoints only on the best epochs, every
+    checkpoint.every_n_epochs (default 5) and the last) and finishes; the history has every epoch once
+    and equals an uninterrupted run's, so the curves are not corrupted. (The in-process path's restarts:
+    tests/train/test_train_steps.py::test_local_run_restarts_from_its_last_checkpoint.)"""
     from e2i.store.synthetic import make_synthetic_store
     from e2i.train.loop import run_training
 
-    store = make_synthetic_store(tmp_path / "syn", n_items=500, item_dim=32, caption_dim=24,
-                                 splits={"train": 400, "val": 50, "test": 50}, seed=1)
+    # 1600 train items x 5 captions / batch 32 = 250 steps per epoch: with checkpoints on some epochs
+    # only, an epoch is about its compute (~0.5 s), and the run must outlast Ray Train's ~2 s poll
+    # that registers the first checkpoint (the kill waits for it)
+    store = make_synthetic_store(tmp_path / "syn", n_items=1700, item_dim=32, caption_dim=24,
+                                 splits={"train": 1600, "val": 50, "test": 50}, seed=1)
     cfg = TrainConfig(name="victim").replace({
         "data.store": str(store), "output_dir": str(tmp_path / "results"), "model.type": "mlp",
         "loss.type": "softmax_infonce", "model.output_dim": 16, "model.hidden_dim": 64, "model.num_layers": 1,
-        "optim.epochs": EPOCHS, "optim.batch_size": 64, "optim.early_stopping_patience": 0,
-        "logging.tensorboard": True, "scaling.max_failures": 1})
+        "optim.epochs": EPOCHS, "optim.batch_size": 32, "optim.early_stopping_patience": 0,
+        "logging.tensorboard": True, "scaling.max_failures": 1,
+        # a TorchTrainer although 1 CPU worker would run in-process: its worker process is what is killed
+        "scaling.trainer": "ray"})
     save_train_config(cfg, tmp_path / "victim.yaml")
     run_dir = tmp_path / "results" / "victim"
     killer = WorkerKiller(run_dir / "checkpoints")

@@ -1,8 +1,8 @@
 """Training: the per-worker loop without Ray, data-parallel equivalence, resume, and Ray Train runs.
 
-Ray Train runs cost ~20 s of worker start each, so the suite has four: `e2i train --seeds 0,1`
-(1 worker each: all outputs, TensorBoard served, mean ± std), one 2-worker resume of seed 1's run, and
-`e2i train --use-gpu` in a subprocess whose own Ray has no GPU (the CPU fallback).
+Ray Train runs cost ~20 s of worker start each, so the suite has two: a 2-worker resume of seed 1's
+run of `e2i train --seeds 0,1` (whose 1-worker runs train in-process: all outputs, TensorBoard served,
+mean ± std), and `e2i train --use-gpu` in a subprocess whose own Ray has no GPU (the CPU fallback).
 """
 
 import itertools
@@ -158,8 +158,38 @@ def test_early_stopping(store):
             "model.dropout": 0.0,
         },
     )
-    out = run_training(cfg, report=no_report)
+    written = []
+
+    def report(metrics, checkpoint_dir):
+        if checkpoint_dir is not None:
+            written.append(read_progress(checkpoint_dir)["epoch"])
+
+    out = run_training(cfg, report=report)
     assert out["stopped_early"] and out["epochs"] == 3 and out["best_epoch"] == 1
+    assert written == [1, 3]  # the best epoch and the last (the early stop), not epoch 2
+
+
+def test_checkpoints_only_when_needed(store):
+    """Best so far, every checkpoint.every_n_epochs, the last: the other epochs report metrics only.
+    lr 1e-12: the weights stay put, so only epoch 1 is an improvement (as in test_early_stopping)."""
+    cfg = small_cfg(store, **{"optim.epochs": 7, "checkpoint.every_n_epochs": 3, "optim.lr": 1e-12,
+                              "metric": "val/recall@1", "model.dropout": 0.0, "optim.early_stopping_patience": 0})
+    written, reported = [], []
+
+    def report(metrics, checkpoint_dir):
+        reported.append(metrics["epoch"])
+        if checkpoint_dir is not None:
+            saved = read_progress(checkpoint_dir)
+            assert saved["epoch"] == metrics["epoch"] and saved["history"][-1] == metrics
+            written.append(metrics["epoch"])
+
+    out = run_training(cfg, report=report)
+    assert out["best_epoch"] == 1 and reported == list(range(1, 8))
+    assert written == [1, 3, 6, 7]
+    every = []
+    run_training(cfg.replace({"checkpoint.every_n_epochs": 0, "optim.epochs": 3}),
+                 report=lambda m, d: every.append(m["epoch"]) if d else None)
+    assert every == [1, 3]  # every_n_epochs 0: the best and the last only
 
 
 def test_store_written_by_plain_pandas_trains(tmp_path):
@@ -217,7 +247,8 @@ def test_store_on_s3_trains(monkeypatch):
 def test_resume_repeats_the_uninterrupted_run(store, tmp_path):
     """Crash after epoch 2, resume from its checkpoint: the history continues and equals a straight run
     (weights, AdamW moments, the loss's queue, step count and dropout streams all restored)."""
-    cfg = small_cfg(store, **{"model.type": "clip", "loss.type": "queue_infonce", "optim.epochs": 4})
+    cfg = small_cfg(store, **{"model.type": "clip", "loss.type": "queue_infonce", "optim.epochs": 4,
+                              "checkpoint.every_n_epochs": 2})
     straight = run_training(cfg, report=no_report)
     assert straight["best"]["val/recall@1"] > 8 / 60  # the queue loss learns too
 
@@ -225,7 +256,8 @@ def test_resume_repeats_the_uninterrupted_run(store, tmp_path):
         pass
 
     def crash_after_two(metrics, checkpoint_dir):
-        shutil.copytree(checkpoint_dir, tmp_path / f"epoch{metrics['epoch']}")
+        if checkpoint_dir is not None:  # epoch 2 has one (every_n_epochs 2)
+            shutil.copytree(checkpoint_dir, tmp_path / f"epoch{metrics['epoch']}")
         if metrics["epoch"] == 2:
             raise Crash
 
@@ -397,8 +429,8 @@ def test_use_gpu_on_a_ray_without_gpus_trains_on_cpu(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def seed_runs(ray_local, store, tmp_path_factory):
-    """`e2i train CONFIG --seeds 0,1 --use-wandb` through TorchTrainer (1 worker per run)."""
+def seed_runs(store, tmp_path_factory):
+    """`e2i train CONFIG --seeds 0,1 --use-wandb`: 1 CPU worker per run, so in-process (no Ray Train)."""
     out = tmp_path_factory.mktemp("runs")
     cfg = small_cfg(
         store,
@@ -438,8 +470,13 @@ def test_fit_writes_the_run_directory(seed_runs):
     assert metrics["best"]["val/mAP@10"] == max(h["val/mAP@10"] for h in metrics["history"])
     assert metrics["test"]["text_to_item/recall@1"] > 8 / 60
     assert len(metrics["test"]["text_to_item/recall@1/ci95"]) == 2
-    assert epoch_checkpoints(run)  # Ray kept the best/latest checkpoints in the run dir
-    assert (run / "checkpoints" / "checkpoint_manager_snapshot.json").is_file()
+    base = metrics["baseline"]  # vs the store's best closed-form baseline, cached beside the evaluation
+    assert base["value"] == metrics["test"]["text_to_item/recall@1"]
+    assert base["loses"] == (base["value"] < base["baseline_value"]) and base["baseline_value"] > 1 / 60
+    assert (run / "evaluation_results" / "baseline_test.json").is_file()
+    # the best and the latest checkpoints are kept in the run dir; no Ray Train ran (no snapshot of it)
+    assert set(epoch_checkpoints(run)) == {metrics["best_epoch"], 3}
+    assert not (run / "checkpoints" / "checkpoint_manager_snapshot.json").exists()
 
 
 @pytest.mark.slow
@@ -478,8 +515,9 @@ def test_seeds_report_mean_and_std(seed_runs):
 
 
 @pytest.mark.slow
-def test_resume_continues_with_two_workers(seed_runs):
-    """`--resume` on seed 1's finished 3-epoch run with epochs=4 and 2 workers: only epoch 4 is trained."""
+def test_resume_continues_with_two_workers(ray_local, seed_runs):
+    """`--resume` on seed 1's finished 3-epoch run (trained in-process) with epochs=4 and 2 workers: a
+    TorchTrainer whose workers start from the run's latest checkpoint; only epoch 4 is trained."""
     cfg_path = seed_runs / "seed1" / "config.yaml"
     before = json.loads((seed_runs / "seed1" / "metrics.json").read_text())["history"]
     code = main(
@@ -501,4 +539,5 @@ def test_resume_continues_with_two_workers(seed_runs):
     assert [h["epoch"] for h in after] == [1, 2, 3, 4]
     assert after[:3] == before  # the first three epochs come from the checkpoint, not retrained
     assert after[3]["step"] == before[2]["step"] + 10  # 1400 captions / 128 = 10 global batches
-    assert 4 in epoch_checkpoints(seed_runs / "seed1")
+    assert 4 in epoch_checkpoints(seed_runs / "seed1")  # uploaded asynchronously, there when fit returns
+    assert (seed_runs / "seed1" / "checkpoints" / "checkpoint_manager_snapshot.json").is_file()

@@ -62,7 +62,7 @@ def test_leaderboard_ranks_complete_then_pruned_and_plots(tmp_path, capsys):
     exp, study = _experiment(tmp_path, trials)
     out = make_report(exp)
     printed = capsys.readouterr().out
-    assert "toy: 6 trials" in printed and "leaderboard and 4 plots" in printed
+    assert "toy: 6 trials" in printed and "leaderboard, 5 plots and report.html" in printed
     with open(out["leaderboard"]) as f:
         rows = list(csv.DictReader(f))
     # complete by value, then pruned by epochs reached (then value), failed last

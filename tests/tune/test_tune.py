@@ -284,7 +284,9 @@ def _kill_at_an_orphan(proc: subprocess.Popen, url: str, study_name: str, timeou
             trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
         except Exception:  # noqa: BLE001, S112 - db or study not created yet
             continue
-        fresh = [t.number for t in trials if t.state == TrialState.RUNNING and not t.intermediate_values]
+        # "tune_trial_id" is set once the searcher has suggested all of the trial's params
+        fresh = [t.number for t in trials if t.state == TrialState.RUNNING and not t.intermediate_values
+                 and "tune_trial_id" in t.user_attrs]
         if fresh and any(t.state == TrialState.PRUNED for t in trials):
             _kill_group(proc)
             return {t.number: t for t in trials if t.state.is_finished()}, fresh[0]

@@ -1,0 +1,54 @@
+"""The one-pass engine: top_k in both directions equals a stable argsort (with ties), the exact
+fallback path for item -> text equals the pass, bad arguments are one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from e2i.evaluate.ranking import _item_rows, as_tensor, scan, score_block, top_k
+
+
+def _case(seed: int, ties: bool):
+    rng = np.random.default_rng(seed)
+    cap_item = np.repeat(np.arange(50), rng.integers(1, 6, 50))
+    items = rng.standard_normal((50, 4)).astype(np.float32)
+    caps = (items[cap_item] + rng.standard_normal((len(cap_item), 4))).astype(np.float32)
+    return (np.round(items), np.round(caps), cap_item) if ties else (items, caps, cap_item)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties"])
+@pytest.mark.parametrize("direction", ["text_to_item", "item_to_text"])
+def test_top_k_equals_stable_argsort(direction, ties):
+    items, caps, cap_item = _case(0, ties)
+    scores = score_block(torch.from_numpy(caps), torch.from_numpy(items)).numpy()  # (M, N)
+    if direction == "item_to_text":
+        scores = scores.T
+    for k, chunk in ((1, 7), (12, 5), (12, 1000), (10_000, 16)):
+        idx, val = top_k(items, caps, k, direction=direction, chunk_size=chunk)
+        kk = min(k, scores.shape[1])
+        ref = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+        assert idx.shape == (scores.shape[0], kk) and idx.dtype == np.int64 and val.dtype == np.float32
+        assert np.array_equal(idx, ref), (k, chunk)
+        # values: same order; last bits may differ between block shapes of a BLAS (not used for ranks)
+        np.testing.assert_allclose(val, np.take_along_axis(scores, ref, 1), rtol=1e-6, atol=1e-6)
+
+
+def test_item_rows_fallback_equals_the_pass():
+    items, caps, cap_item = _case(1, ties=True)
+    it, cp, ci = as_tensor(items), as_tensor(caps), torch.from_numpy(cap_item)
+    res = scan(it, cp, ci, torch.arange(len(cp)), ci[:, None], chunk_size=9)
+    ids = torch.arange(len(it))
+    rank, top = _item_rows(it, cp, ci, ids, chunk_size=4)
+    assert torch.equal(rank, res.i2t_rank) and torch.equal(top, res.i2t_top)
+
+
+def test_top_k_rejects_bad_arguments():
+    items, caps, _ = _case(2, ties=False)
+    with pytest.raises(ValueError, match="direction"):
+        top_k(items, caps, 3, direction="sideways")
+    with pytest.raises(ValueError, match="k must be"):
+        top_k(items, caps, 0)
+    with pytest.raises(ValueError, match="embeddings"):
+        top_k(items, caps[:, :2], 3)
