@@ -40,6 +40,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from e2i.errors import ConfigError
 from e2i.tune.space import TuneSpace
 
 TRIAL_KEY = "optuna_trial"  # added to every Tune trial's config: the Optuna trial number
@@ -206,10 +207,32 @@ def make_sampler(space: TuneSpace):
     search = space.search
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_values(space), seed=search.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.n_startup_trials,
                                           multivariate=True, group=True, constant_liar=True)
+
+
+def grid_values(space: TuneSpace) -> dict[str, list]:
+    """{param: every value} for ``sampler: grid``: choices, int ranges (``step``), stepped floats.
+    Optuna's GridSampler then runs each combination once (W&B's ``method: grid``)."""
+    import numpy as np
+
+    grid = {}
+    for p in space.params:
+        if p.kind == "choice":
+            grid[p.key] = list(p.choices)
+        elif p.kind == "int" and not p.log:
+            grid[p.key] = list(range(p.low, p.high + 1, p.step or 1))
+        elif p.step and not p.log:  # low, low + step, ..., <= high (as Optuna rounds stepped floats)
+            n = int(np.floor((p.high - p.low) / p.step + 1e-9))
+            grid[p.key] = [float(p.low + k * p.step) for k in range(n + 1)]
+        else:
+            raise ConfigError(f"{space.source}: search.sampler: grid needs discrete parameters; "
+                              f"space.{p.key} is {p.kind}{' (log)' if p.log else ''} without a step")
+    return grid
 
 
 def make_storage(url: str):

@@ -53,7 +53,7 @@ from e2i.tune.grammar import SEARCHABLE_SECTIONS, Block, Param, fail, parse_bloc
 
 COMBINATIONS_CHECKED = 2000  # grid of discrete values and range ends validated at load (first N)
 RANDOM_DRAWS_CHECKED = 100  # plus this many random draws
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "fifo")
 
 
@@ -102,7 +102,8 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    sampler: str = "tpe"  # tpe (multivariate, group-aware for conditional spaces) | random
+    sampler: str = "tpe"  # tpe (multivariate, group-aware for conditional spaces) | random | grid (every
+    #                       combination of discrete params once, in random order; see optuna_search)
     seed: int = 0
     num_samples: int = 16  # trials in total (counting those of earlier runs when resuming)
     max_concurrent_trials: int = 2  # 2 CPUs here; TPE also learns more from sequential results

@@ -17,8 +17,8 @@ W&B (``method``, ``metric``, ``parameters``, ``early_terminate``, ``run_cap``; `
 ``step``; W&B rounds to multiples of q, e2i to ``min + k q``: the same when min is a multiple of q);
 ``log_uniform_values`` -> ``loguniform`` (int field: ``int`` + ``log``); ``log_uniform`` (bounds are
 natural logs) -> ``loguniform: [exp(min), exp(max)]``. ``method: bayes | random`` -> sampler ``tpe |
-random``; ``grid`` -> ``random`` over the grid's discrete values with ``num_samples`` = grid size (e2i
-has no grid sampler). ``run_cap`` -> ``search.num_samples``; ``metric: {name, goal}`` -> ``base.metric``
+random``; ``grid`` -> ``grid`` (Optuna's GridSampler: every combination once) with ``num_samples`` = grid
+size. ``run_cap`` -> ``search.num_samples``; ``metric: {name, goal}`` -> ``base.metric``
 (the goal must agree with e2i's mode of that metric). ``early_terminate: {type: hyperband}`` -> ASHA:
 ``grace_period`` = ``min_iter`` (or W&B's smallest band ``max_iter / eta^s``), ``reduction_factor`` =
 ``eta`` (default 3), ``max_t`` = ``max_iter`` (or the ``epochs`` constant, else 12).
@@ -223,7 +223,7 @@ def wandb_to_space(path: str | Path) -> dict:
     base: dict = {}
     space: dict = {}
     scheduler: dict = {"type": "fifo"}
-    search: dict = {"sampler": "tpe" if method == "bayes" else "random"}
+    search: dict = {"sampler": {"bayes": "tpe", "random": "random", "grid": "grid"}[method]}
     grid_size = 1
     for name, where, spec in _flatten_wandb(sweep.get("parameters"), source, "parameters"):
         key = config_key(name, source, where)

@@ -157,7 +157,7 @@ def test_whole_corpus_problems_are_one_line_errors(ray_local, tmp_path, capsys, 
     csv_path = tmp_path / "clotho_captions_development.csv"
     csv_path.write_text("file_name,caption_1,caption_2\na.wav,x,y\n")
     write_wav(tmp_path / "development" / "a.wav")
-    encoders = "passt, hf-text, hf-image, logmel-stats, ngram-hash, image-stats"
+    encoders = "passt, hf-text, hf-image, siglip2, franca, panns, sbert, logmel-stats, ngram-hash, image-stats"
     args, message = {
         "missing_columns": ([], (f"{csv_path}: missing column(s) caption_3, caption_4, caption_5 "
                                 "(header: file_name, caption_1, caption_2)")),

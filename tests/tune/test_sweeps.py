@@ -86,7 +86,21 @@ def test_other_wandb_forms_int_fields_log_uniform_grid_and_max_iter(tmp_path):
         "early_terminate": {"type": "hyperband", "max_iter": 8, "s": 2},  # eta 3: bands at 8/3, 8/9
     }), "wandb")
     assert doc["space"]["model.hidden_dim"] == {"int": [64, 256], "step": 64}
-    assert doc["search"] == {"sampler": "random", "num_samples": 4 * 3 * 2}  # the grid's size
+    assert doc["search"] == {"sampler": "grid", "num_samples": 4 * 3 * 2}  # the grid's size
+    # Optuna's GridSampler behind sampler: grid runs every combination exactly once
+    from e2i.tune.optuna_search import make_sampler
+    from e2i.tune.space import space_from_dict
+
+    doc = {k: v for k, v in doc.items() if k != "name"}
+    space = space_from_dict(doc, name="g", source="g.yaml")
+    study = optuna.create_study(sampler=make_sampler(space))
+    seen = []
+    study.optimize(lambda t: seen.append(tuple(sorted(space.sample(t).items()))) or 0.0, n_trials=24)
+    assert len(set(seen)) == 24
+    assert {dict(p)["model.hidden_dim"] for p in seen} == {64, 128, 192, 256}
+    doc["space"]["optim.lr"] = {"loguniform": [1e-4, 1e-2]}
+    with pytest.raises(ConfigError, match="grid needs discrete parameters; space.optim.lr"):
+        make_sampler(space_from_dict(doc, name="g", source="g.yaml"))
     assert doc["scheduler"] == {"type": "asha", "grace_period": 1, "reduction_factor": 3, "max_t": 8}
     doc = convert(_write(tmp_path, "l.yaml", {
         "method": "random", "metric": {"name": "loss"},  # W&B's default goal: minimize
