@@ -44,7 +44,7 @@ def _e2i(*args: str, cwd: Path) -> None:
 
 
 def _test_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())["test"]["metrics"]
+    return json.loads((run_dir / "metrics.json").read_text())["test"]
 
 
 def _row(name: str, metrics: dict, seconds: float) -> dict:
