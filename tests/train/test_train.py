@@ -5,6 +5,7 @@ run of `e2i train --seeds 0,1` (whose 1-worker runs train in-process: all output
 mean ± std), and `e2i train --use-gpu` in a subprocess whose own Ray has no GPU (the CPU fallback).
 """
 
+import datetime
 import itertools
 import json
 import math
@@ -292,6 +293,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, cfg_dict: d
         out = run_training(cfg, report=lambda m, d: None, data=(mem["train"], mem["val"]))
         if rank == 0:
             Path(out_dir, "history.json").write_text(json.dumps(out["history"]))
+        # Both ranks finish every collective before the group is torn down (Ray Train does the same by
+        # waiting for all workers); without it a rank that tears down first can abort the other's gloo pair.
+        torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=120))
     finally:
         torch.distributed.destroy_process_group()
 
