@@ -181,8 +181,9 @@ def write_report(path: str | os.PathLike, title: str, sections: list[str], *, su
     return path
 
 
-def tune_baseline(info: dict) -> tuple[dict, str] | None:
-    """(best closed-form baseline on the base config's val split, its key for the tune metric) or None."""
+def tune_baseline(info: dict, cache_dir: Path | None = None) -> tuple[dict, str] | None:
+    """(best closed-form baseline on the base config's val split, its key for the tune metric) or None;
+    cached in ``cache_dir`` (the report dir) so re-running the report does not refit it."""
     data = info.get("base", {}).get("data", {})
     if not data.get("store"):
         return None
@@ -190,7 +191,7 @@ def tune_baseline(info: dict) -> tuple[dict, str] | None:
 
     metric = info["metric"].removeprefix("val/")
     key = metric if "/" in metric else f"text_to_item/{metric}"  # val/recall@1 = text->item recall@1
-    best = store_baseline(data["store"], data.get("val_split", "val"))
+    best = store_baseline(data["store"], data.get("val_split", "val"), cache_dir)
     return (best, key) if best and key in best.get("metrics", {}) else None
 
 

@@ -379,7 +379,7 @@ def make_report(experiment_dir: str | os.PathLike, *, storage: str | None = None
              plot_importances(study, out / "param_importances.png"),
              plot_parallel(rows, info, out / "parallel_coordinates.png"),
              plot_learning_curves(rows, info, out / "asha_learning_curves.png")]
-    baseline = h.tune_baseline(info)
+    baseline = h.tune_baseline(info, out)
     plots.append(plot_time(rows, info, out / "best_so_far_time.png", baseline))
     html = h.tune_page(out / "report.html", title, header, table, plots, baseline, info)
     if not quiet:
