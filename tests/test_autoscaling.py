@@ -83,7 +83,7 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
     cfg = fake_autoscaling_config(ROOT / "cluster.yaml", idle_timeout_minutes=0.5)
     with ray_head(num_cpus=0, autoscaling_config=cfg, env=checkout) as head:
         # min_workers is 0 for every worker type: only the head is up before any work arrives.
-        assert wait_for(lambda: node_types(head), timeout=60, what="the first autoscaler report") == {HEAD: 1}
+        assert wait_for(lambda: node_types(head), timeout=240, what="the first autoscaler report") == {HEAD: 1}
 
         # 1) e2i cache --use-gpu: 2 embedding actors x 1 GPU per phase (items, captions), on gpu_1x nodes
         cache = head.run([E2I, "cache", "--metadata", str(corpus), "--split", "development",
