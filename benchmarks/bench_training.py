@@ -45,10 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import Result  # noqa: E402
+import harness
+from harness import Result
 
 BENCH = "head training"
 FULL = {"n_items": 5000, "item_dim": 512, "caption_dim": 512, "hidden": 512, "output": 256, "batch": 256,
@@ -153,7 +152,8 @@ class BareLoop:
 
         from e2i.model.heads import build_model
         from e2i.model.losses import build_loss
-        from e2i.train.loop import build_optimizer, global_batches
+        from e2i.train.loop import build_optimizer
+        from e2i.train.schedule import global_batches
 
         torch.manual_seed(cfg.seed)
         self.cfg = cfg

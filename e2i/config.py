@@ -27,6 +27,7 @@ from e2i.train_parts import TrainPart, check_parts
 HEAD_TYPES = ("siglip", "clip", "attention", "mlp")
 LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+SCHEDULES = ("cosine", "onecycle", "linear", "constant")  # optim.schedule (see e2i.train.schedule.lr_at)
 TRAINERS = ("auto", "ray", "local")  # scaling.trainer (see e2i.train.driver.fit)
 # Validation metrics `metric` may name: "val/" + a key of e2i.evaluate.metrics.retrieval_metrics, or val/loss.
 METRIC_MODES = {"loss": "min", "median_rank": "min", "mean_rank": "min"}
@@ -124,8 +125,14 @@ class OptimConfig:
     lr: float = 1e-3  # AdamW peak learning rate, reached after warmup
     weight_decay: float = 0.01
     epochs: int = 20
+    # An epoch is one pass over the train captions, continued into the next shuffled pass until it
+    # has at least this many optimizer steps (0 = plain passes). Training length, validation, early
+    # stopping and ASHA rungs then count in units of >= 100 steps whatever the store's size: a few
+    # hundred pairs get ~100 steps per epoch (not 2), millions of pairs one pass per epoch.
+    min_steps_per_epoch: int = 100
     batch_size: int = 256  # global batch (split across workers); contrastive losses like big batches
-    warmup_epochs: float = 1.0  # linear warmup, then cosine decay to 0
+    warmup_epochs: float = 1.0  # warmup length in epochs (linear 0 -> lr), then `schedule`
+    schedule: str = "cosine"  # after warmup: cosine | linear (decay to 0) | constant | onecycle
     grad_clip: float = 1.0  # max grad norm; 0 = off
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed (mixed only where the device supports it)
     accumulate_grad_batches: int = 1
@@ -134,9 +141,11 @@ class OptimConfig:
     def validate(self) -> None:
         for name in ("lr", "epochs", "batch_size", "accumulate_grad_batches"):
             _positive(getattr(self, name), name)
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "early_stopping_patience"):
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "early_stopping_patience",
+                     "min_steps_per_epoch"):
             _positive(getattr(self, name), name, allow_zero=True)
         _choice(self.precision, PRECISIONS, "precision")
+        _choice(self.schedule, SCHEDULES, "schedule")
 
 
 @dataclass(frozen=True)

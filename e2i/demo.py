@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(CONFIGS / "siglip.yaml"), help="train config for the head")
     parser.add_argument("--space", default=str(SPACES / "default.yaml"), help="tune search space")
     parser.add_argument("--tune-samples", type=int, default=8, help="number of tune trials (0 = skip tuning)")
-    parser.add_argument("--tune-epochs", type=int, default=None, help="ASHA max_t per trial (default: space's)")
+    parser.add_argument("--tune-epochs", type=int, default=6,
+                        help="ASHA max_t per trial, in epochs of >= 100 steps (default: 6; the space's is 12)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for the head training (default: config's)")
 
 

@@ -122,6 +122,9 @@ class StoreWriter:
         self.dataset, self.split, self.encoders = dataset, split, dict(encoders or {})
         self._info: dict[str, dict] = {}  # rel path -> shard info written by this instance
         self._ids: dict[str, dict[str, set[str]]] = {k: {} for k in KINDS}  # kind -> rel -> ids
+        # kind -> id -> rel: the inverse of _ids, so a new shard's ids are checked in O(its rows)
+        # (checking against every earlier shard's set is O(rows x shards): quadratic in the corpus)
+        self._owner: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         for kind in KINDS:
             create_dirs(self.fs, join(self.root, kind))
         old = read_json(self.fs, join(self.root, MANIFEST), shown_path(self.uri, MANIFEST))
@@ -174,14 +177,19 @@ class StoreWriter:
         return set().union(*self._ids_by_shard(kind).values())
 
     def _ids_by_shard(self, kind: str) -> dict[str, set[str]]:
-        cache = self._ids[kind]
+        cache, owner = self._ids[kind], self._owner[kind]
         done = {info["path"] for info in self.completed_shards(kind).values()}
-        for rel in list(cache):
-            if rel not in done:
-                del cache[rel]
+        gone = [rel for rel in cache if rel not in done]
+        for rel in gone:
+            del cache[rel]
+        if gone:  # a shard removed under us (rare): rebuild the inverse
+            owner.clear()
+            for rel, ids in cache.items():
+                owner.update(dict.fromkeys(ids, rel))
         for rel in sorted(done - set(cache)):
             col = pq.read_table(join(self.root, rel), filesystem=self.fs, columns=[ID_COLUMN[kind]]).column(0)
             cache[rel] = set(as_string(col, ID_COLUMN[kind], shown_path(self.uri, rel)).to_pylist())
+            owner.update(dict.fromkeys(cache[rel], rel))
         return cache
 
     def _existing_dim(self, kind: str) -> tuple[int | None, str]:
@@ -210,16 +218,22 @@ class StoreWriter:
             if want is not None and len(table) and dim != want and source != rel:
                 raise StoreError(f"{where}: embedding dim {dim} != {want} ({source})")
         ids = table.column(ID_COLUMN[kind]).to_pylist()
-        for other_rel, other_ids in self._ids_by_shard(kind).items():
-            if other_rel != rel and not other_ids.isdisjoint(ids):
-                clash = next(i for i in ids if i in other_ids)
-                raise StoreError(f"{where}: {ID_COLUMN[kind]} {clash!r} already in {other_rel}")
+        self._ids_by_shard(kind)
+        owner = self._owner[kind]
+        for i in ids:
+            other_rel = owner.get(i)
+            if other_rel is not None and other_rel != rel:
+                raise StoreError(f"{where}: {ID_COLUMN[kind]} {i!r} already in {other_rel}")
         data = _parquet_bytes(table)
         write_atomic(self.fs, join(self.root, rel), data)
         info = {"path": rel, "kind": kind, "rows": len(table), "bytes": data.size,
                 "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
         self._info[rel] = info
+        if rel in self._ids[kind]:  # a rewritten shard: drop the inverse entries of its old ids
+            for old in self._ids[kind][rel] - set(ids):
+                self._owner[kind].pop(old, None)
         self._ids[kind][rel] = set(ids)
+        self._owner[kind].update(dict.fromkeys(ids, rel))
         return info
 
     def write_rejected(self, rows: Iterable[Any]) -> int:

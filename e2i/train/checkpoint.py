@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from e2i.errors import CheckpointError
+from e2i.errors import CheckpointError, StoreWriteError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -48,8 +48,32 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
     """Write a state_dict as safetensors atomically (tmp file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_tensors(state), str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(_tensors(state), str(tmp))
+        os.replace(tmp, path)
+    except (SafetensorError, OSError) as exc:  # issue 17: disk full -> one line naming the file, no tmp left
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: Exception) -> StoreWriteError:
+    """A one-line StoreWriteError (exit 1) for a checkpoint file that could not be written. Safetensors
+    reports I/O errors as ``SafetensorError('Error while serializing: I/O error: No space left on device
+    (os error 28)')`` (not an OSError): keep the reason only."""
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno)
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", text)
+        reason = found.group(1) if found else text
+    return StoreWriteError(f"{path}: cannot write the checkpoint ({reason})")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
 
 
 def _torch_load_reason(exc: Exception) -> str:
@@ -128,8 +152,8 @@ def save_checkpoint(
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     state = {**opt_tensors, **_tensors(loss_fn.state_dict(), "loss.")}
     save_weights(state, directory / STATE_FILE)
-    (directory / PROGRESS_FILE).write_text(json.dumps({**progress, "optimizer": opt_meta}, indent=1))
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    _write_text(directory / PROGRESS_FILE, json.dumps({**progress, "optimizer": opt_meta}, indent=1))
+    _write_text(directory / CONFIG_FILE, json.dumps(config, indent=1))
     return directory
 
 

@@ -49,7 +49,8 @@ import warnings
 from pathlib import Path
 
 from e2i.config import TrainConfig, save_train_config, train_config_from_dict
-from e2i.errors import CheckpointError, E2IError
+from e2i.errors import CheckpointError, ConfigError, E2IError, StoreWriteError
+from e2i.store.fs import io_reason
 from e2i.train.checkpoint import MODEL_FILE, checkpoint_due, read_progress
 from e2i.train.epoch_log import EpochLogger
 from e2i.train.loop import pick_device, run_training
@@ -176,6 +177,9 @@ def epoch_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
 def prepare_run_dir(cfg: TrainConfig, *, resume: bool) -> Path:
     """The run directory with config.yaml written: kept checkpoints when resuming (an error if there are
     none), removed otherwise."""
+    if "://" in cfg.run_dir:  # issue 17 fix: Path("s3://b/x").resolve() silently wrote to ./s3:/b/x
+        raise ConfigError(f"output_dir: {cfg.output_dir}: e2i train writes its run directory to a local or shared "
+                          "path (object storage is for data.store and e2i tune --storage-path)")
     run_dir = Path(cfg.run_dir).resolve()
     if resume and not epoch_checkpoints(run_dir):
         raise CheckpointError(
@@ -250,10 +254,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
         if checkpoint_dir is None:
             return False
         target = run_dir / CHECKPOINTS / f"checkpoint_epoch{metrics['epoch']:04d}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # an epoch trained again after a restart
-            shutil.rmtree(target)
-        shutil.move(checkpoint_dir, target)  # a rename when on the same file system
+        publish_checkpoint(checkpoint_dir, target)
         keep = {metrics["epoch"], read_progress(target)["best_epoch"]}
         for epoch, path in epoch_checkpoints(run_dir).items():
             if epoch not in keep:
@@ -281,6 +282,35 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     finally:
         logger.close()
     return finish_run(cfg, run_dir, evaluate=evaluate)
+
+
+def publish_checkpoint(source: str | os.PathLike, target: Path) -> None:
+    """Move a written checkpoint directory to ``target`` so that ``target`` is complete or absent.
+
+    Issue 17 fix: ``shutil.move`` across file systems (the checkpoint is written under the system temp
+    dir, the run dir may be another disk) copies file by file, so a disk that filled up left a
+    ``checkpoint_epochNNNN`` with a truncated file that :func:`epoch_checkpoints` took as the latest
+    (--resume then failed on it) and a bare ``[Errno 28]`` line. Now: files go into a hidden
+    ``.checkpoint_epochNNNN.tmp`` beside the target, renamed into place when all are there; on an
+    I/O error the partial directory is removed and a one-line StoreWriteError names the file (exit 1),
+    the earlier checkpoints untouched."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    current = tmp
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed run
+        tmp.mkdir()
+        for path in sorted(Path(source).iterdir()):
+            current = tmp / path.name
+            shutil.move(path, current)  # a rename when on the same file system
+        if target.exists():  # an epoch trained again after a restart
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shown = target / current.name if current != tmp else target
+        raise StoreWriteError(f"{shown}: cannot write the checkpoint ({io_reason(exc)}); "
+                              "earlier checkpoints are kept, free space and re-run with --resume") from exc
 
 
 def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dict:
@@ -315,9 +345,8 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         summary["train_mix"] = mix_record(cfg.data.train, seed=cfg.seed, train_subset=cfg.data.train_subset,
                                           as_written=cfg.paths_as_written)
     if evaluate:
-        from e2i.evaluate.evaluation import evaluate_run
-
         from e2i.evaluate.baselines import compare_to_baseline
+        from e2i.evaluate.evaluation import evaluate_run
 
         result = evaluate_run(run_dir, split=cfg.data.test_split)
         summary["test"] = result["metrics"]

@@ -11,15 +11,19 @@ Conventions of the loop:
 - Data: the train and val splits are loaded once per worker as contiguous tensors. An epoch is a
   shuffled permutation of **caption rows**; a global batch is ``optim.batch_size`` consecutive rows of
   it, worker ``r`` of ``W`` takes rows ``[r*B/W, (r+1)*B/W)`` of each global batch (an incomplete last
-  global batch is dropped). The item of a caption is ``item_emb[caption_item[row]]`` and the ids given
+  global batch is dropped). An *epoch* is one such pass, or, on a split too small to give
+  ``optim.min_steps_per_epoch`` optimizer steps in one pass, exactly that many steps running on into
+  the next passes (:func:`e2i.train.schedule.epoch_plan`): training length, validation, early stopping
+  and ASHA rungs count in epochs of >= 100 steps whatever the store's size. The item of a caption is ``item_emb[caption_item[row]]`` and the ids given
   to the loss are item row indices, so every caption of the same item in the global batch is a
   positive (multi-positive). With W > 1 the loss all-gathers embeddings, so the negatives are the
   global batch and gradients are averaged over workers.
 - Reproducibility: the model is initialised from ``seed`` (identical on all workers) and the torch
   RNG (dropout) is re-seeded from ``(seed, rank, epoch)`` at the start of every epoch, and the
-  permutation from ``(seed, epoch)``; a resumed run therefore repeats an uninterrupted one.
-- Schedule: AdamW (no weight decay on biases, norms and the temperature/bias scalars), linear warmup
-  over ``warmup_epochs`` then cosine decay to 0, updated per optimizer step; gradient clipping by
+  permutation of pass p from ``(seed, p)``; a resumed run therefore repeats an uninterrupted one.
+- Schedule: AdamW (no weight decay on biases, norms and the temperature/bias scalars), warmup over
+  ``warmup_epochs`` then ``optim.schedule`` (cosine to 0 by default; :func:`e2i.train.schedule.lr_at`),
+  updated per optimizer step; gradient clipping by
   global norm; ``accumulate_grad_batches`` micro-batches per step (each micro-batch is its own
   contrastive batch).
 - Validation every epoch with :func:`e2i.evaluate.metrics.retrieval_metrics` on the val split. Metric names:
@@ -27,7 +31,7 @@ Conventions of the loop:
   text_to_item mAP@10, ``val/median_rank`` ...), ``val/item_to_text/<m>`` the other direction, and
   ``val/loss`` the loss on the val split (softmax_infonce in place of queue_infonce, whose queue
   would otherwise leak between batches). Also ``train/loss``, ``lr``, ``logit_scale``, ``epoch``,
-  ``step``, ``time/epoch_s`` (training), ``time/val_s`` (validation), ``train/pairs_per_s``.
+  ``step``, ``passes`` (over the train captions), ``time/epoch_s`` (training), ``time/val_s`` (validation), ``train/pairs_per_s``.
 - Early stopping on ``cfg.metric`` after ``early_stopping_patience`` epochs without improvement.
 - Checkpoints (:func:`checkpoint_due`): the epoch that is the best so far, every
   ``checkpoint.every_n_epochs`` epochs, and the last epoch (the end or an early stop); other epochs
@@ -58,6 +62,7 @@ from e2i.store import SplitData, load_split, subset_split
 from e2i.store.mix import load_mix
 from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
+from e2i.train.schedule import PassPermutations, epoch_plan, global_batches, lr_at
 
 Report = Callable[[dict, str | None], bool | None]
 # checkpoint_when(epoch, improved, last) -> write a checkpoint after this (1-based) epoch?
@@ -102,18 +107,6 @@ class SplitTensors:
         return int(self.caption_emb.shape[0])
 
 
-def global_batches(num_rows: int, batch_size: int, world_size: int) -> tuple[int, int]:
-    """(number of global batches per epoch, rows per worker per batch).
-
-    The global batch is rounded down to a multiple of world_size; a split smaller than one batch
-    gives one (smaller) batch; the incomplete last batch is dropped so every worker gets equal shards.
-    """
-    size = min(batch_size, num_rows) // world_size * world_size
-    if size == 0:
-        raise ValueError(f"{num_rows} caption rows cannot be split over {world_size} workers")
-    return num_rows // size, size // world_size
-
-
 # --------------------------------------------------------------------------------------------------
 # Pieces of the loop
 
@@ -156,14 +149,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr)
-
-
-def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -263,24 +248,23 @@ def run_training(
 
     n_batches, local = global_batches(train.num_captions, cfg.optim.batch_size, world)
     accum = cfg.optim.accumulate_grad_batches
-    steps_per_epoch = math.ceil(n_batches / accum)
+    steps_per_epoch, micro_per_epoch = epoch_plan(n_batches, accum, cfg.optim.min_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.optim.epochs
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     scaler = (
         torch.amp.GradScaler("cuda") if cfg.optim.precision == "16-mixed" and device.type == "cuda" else None
     )
     stopped_early = False
+    perms = PassPermutations(train.num_captions, cfg.seed, device)
 
     for epoch in range(progress["epoch"], cfg.optim.epochs):
         start = time.perf_counter()
         model.train()
         torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + epoch)  # dropout stream of this epoch
-        perm = torch.randperm(
-            train.num_captions, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        )
-        perm = perm.to(device)
         losses = []
-        for b in range(n_batches):
+        for j in range(micro_per_epoch):
+            g = epoch * micro_per_epoch + j  # micro-batch index of the run: batch b of data pass p
+            perm, b = perms[g // n_batches], g % n_batches
             rows = perm[b * local * world + rank * local : b * local * world + (rank + 1) * local]  # (B/W,)
             ids = train.caption_item[rows]  # (B/W,) item row = positive id
             with autocast_context(cfg.optim.precision, device):
@@ -291,7 +275,7 @@ def run_training(
             scaled = loss / accum
             (scaler.scale(scaled) if scaler else scaled).backward()
             losses.append(float(loss.detach()))
-            if (b + 1) % accum == 0 or b + 1 == n_batches:
+            if (j + 1) % accum == 0 or j + 1 == micro_per_epoch:
                 progress["step"] = _optimizer_step(
                     optimizer, params, scaler, cfg, world, progress["step"], warmup_steps, total_steps,
                     model=model,
@@ -307,7 +291,8 @@ def run_training(
             **val_metrics,
             "time/epoch_s": seconds,
             "time/val_s": time.perf_counter() - start - seconds,
-            "train/pairs_per_s": n_batches * local * world / seconds,
+            "passes": (epoch + 1) * micro_per_epoch / n_batches,  # passes over the train captions so far
+            "train/pairs_per_s": micro_per_epoch * local * world / seconds,
         }
         value = metrics.get(cfg.metric)
         if value is None:
@@ -358,7 +343,8 @@ def _optimizer_step(
         scaler.unscale_(optimizer)
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-    lr = lr_at(step, peak=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+    lr = lr_at(step, peak=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps,
+               schedule=cfg.optim.schedule)
     for group in optimizer.param_groups:
         group["lr"] = lr
     if scaler:

@@ -43,6 +43,7 @@ SEARCHABLE_SECTIONS = ("model", "loss", "optim")  # + the top-level `seed` and M
 MIX_KEY = re.compile(r"data\.train\[\d+\]\.(repeat|weight)")  # e.g. data.train[1].repeat: {choice: [1, 3]}
 FIXED_KEYS = {  # keys a search must not vary, with the reason shown to the user
     "optim.epochs": "trial length is scheduler.max_t",
+    "optim.min_steps_per_epoch": "it sets the length of an epoch, the unit of scheduler.max_t and ASHA's rungs",
     "metric": "the objective must be the same for every trial",
 }
 

@@ -19,11 +19,13 @@ is repaired so that nothing is counted twice and nothing stays RUNNING:
 
 - an Optuna trial still RUNNING that the snapshot never saw (asked after it) is marked FAIL
   (user attr ``e2i:fail_reason``) and its parameters are enqueued: the next trial re-runs that point;
+- a trial that errored (FAIL, ``trial errored``: e.g. object storage was unreachable) gets its
+  parameters enqueued again: ``--resume`` is the retry of a search an outage interrupted;
 - a trial the study finished after the snapshot is not told again; Tune resumes its copy from the
   last checkpoint and :class:`SkipFinishedStopper` ends it at its first result;
 - ASHA's rungs (Tune does not save scheduler state) are refilled from the intermediate values;
 - the budget: the searcher itself stops at ``num_samples`` trials counted in the study (except the
-  re-queued orphans), as Tune's own counter is restored from the snapshot and may lag behind.
+  FAILs whose parameters were re-queued), as Tune's own counter is restored from the snapshot and may lag behind.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from e2i.tune.space import TuneSpace
 TRIAL_KEY = "optuna_trial"  # added to every Tune trial's config: the Optuna trial number
 FAIL_REASON = "e2i:fail_reason"
 FAIL_REASON_ORPHAN = "tune driver stopped before recording the trial; parameters re-queued"
+FAIL_REASON_ERRORED = "trial errored"
+REQUEUED_FROM = "e2i:requeued_from"  # user attr of a trial re-running the point of FAILed trial N
 STEP_ATTR = "epoch"  # ASHA's time attribute and the step of Optuna's intermediate values
 
 
@@ -68,10 +72,12 @@ class E2IOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def budget_used(self) -> int:
-        """Trials of the study that count toward num_samples: all asked ones except the FAILs this
-        searcher made of orphans on resume (their parameters were re-queued)."""
-        return sum(1 for t in self._ot_study.get_trials(deepcopy=False)
-                   if t.state != TrialState.WAITING and FAIL_REASON_ORPHAN != t.user_attrs.get(FAIL_REASON))
+        """Trials of the study that count toward num_samples: all asked ones except the FAILs whose
+        parameters were re-queued on resume (orphans, errored trials)."""
+        trials = self._ot_study.get_trials(deepcopy=False)
+        requeued = {t.user_attrs[REQUEUED_FROM] for t in trials if REQUEUED_FROM in t.user_attrs}
+        return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in requeued
+                   and t.user_attrs.get(FAIL_REASON) != FAIL_REASON_ORPHAN)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         # Tune's own counter is restored from its snapshot and can lag behind the study after a
@@ -106,7 +112,7 @@ class E2IOptunaSearch(OptunaSearch):
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         try:
             if error or not finite:
-                reason = "trial errored" if error else f"no finite {self.metric} reported"
+                reason = FAIL_REASON_ERRORED if error else f"no finite {self.metric} reported"
                 ot_trial.set_user_attr(FAIL_REASON, reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             else:
@@ -145,13 +151,22 @@ class E2IOptunaSearch(OptunaSearch):
         storage = self._ot_study._storage
         open_ids = {tid: t for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
         known = {t.number for t in open_ids.values()}
-        counts = {"failed_orphans": 0, "finished_elsewhere": 0}
+        counts = {"failed_orphans": 0, "finished_elsewhere": 0, "errored_retried": 0}
         for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON, FAIL_REASON_ORPHAN)
                 storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
-                self._ot_study.enqueue_trial(frozen.params, user_attrs={"e2i:requeued_from": frozen.number})
+                self._ot_study.enqueue_trial(frozen.params, user_attrs={REQUEUED_FROM: frozen.number})
                 counts["failed_orphans"] += 1
+        # a trial that errored (e.g. object storage unreachable) is run again: --resume is the retry
+        # (once per errored trial: a finished trial cannot be changed, so the re-run is marked instead)
+        trials = self._ot_study.get_trials(deepcopy=False)
+        requeued = {t.user_attrs[REQUEUED_FROM] for t in trials if REQUEUED_FROM in t.user_attrs}
+        for frozen in trials:
+            errored = frozen.state == TrialState.FAIL and frozen.user_attrs.get(FAIL_REASON) == FAIL_REASON_ERRORED
+            if errored and frozen.number not in requeued:
+                self._ot_study.enqueue_trial(frozen.params, user_attrs={REQUEUED_FROM: frozen.number})
+                counts["errored_retried"] += 1
         for tid, ot_trial in open_ids.items():
             if storage.get_trial(ot_trial._trial_id).state.is_finished():
                 self._completed_trials.add(tid)

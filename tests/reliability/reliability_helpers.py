@@ -174,3 +174,181 @@ def tmpfs_mount(target: Path, options: str) -> Iterator[TmpfsMount]:
 def tree_files(root: Path) -> dict[str, int]:
     """{relative path: size} of every file under ``root``."""
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------- a local multi-node cluster
+# Run in its own process (the test process already has the session's Ray): a ray.cluster_utils.Cluster
+# with a CPU-less head and worker nodes of 1 CPU each (each its own raylet and object store), driven
+# by one JSON command per line on stdin, one JSON answer per line on stdout.
+_CLUSTER_SCRIPT = r"""
+import json, sys
+from ray.cluster_utils import Cluster
+
+n_workers = int(sys.argv[1])
+# a dead raylet is noticed within ~3 s (default 5 x 3 s): the run's failure shows up sooner
+system = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                        "_system_config": system})
+workers = {}
+for _ in range(n_workers):
+    node = cluster.add_node(num_cpus=1, resources={"e2i_worker": 1}, object_store_memory=80 * 1024**2)
+    workers[node.node_id] = node
+cluster.wait_for_nodes()
+print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id, "workers": sorted(workers)}),
+      flush=True)
+
+def actors(name):
+    table = cluster.global_state.actor_table(None, None, None)
+    return sorted(({"node": a["Address"]["NodeID"], "state": a["State"], "start": a["StartTime"]}
+                   for a in table.values() if a["ActorClassName"] == name), key=lambda a: a["start"])
+
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "actors":
+        answer = actors(cmd["name"])
+    elif cmd["op"] == "remove":
+        cluster.remove_node(workers.pop(cmd["node"]), allow_graceful=False)
+        answer = {"removed": cmd["node"]}
+    else:
+        break
+    print(json.dumps(answer), flush=True)
+cluster.shutdown()
+"""
+
+
+class LocalCluster:
+    """A head (0 CPUs) + ``n_workers`` worker nodes (1 CPU, custom resource ``e2i_worker``) on this machine,
+    run by a helper process; ``address`` is the GCS address a driver subprocess gets as RAY_ADDRESS.
+
+    Work needing CPUs lands on the worker nodes only. ``remove(node_id)`` kills a worker node's raylet and
+    every process of it (``Cluster.remove_node(allow_graceful=False)``: a machine lost); ``actors(name)``
+    lists the actors of a class (dead ones too) with their node, oldest first, from the GCS.
+    """
+
+    def __init__(self, n_workers: int, temp_dir: str) -> None:
+        self.temp_dir = temp_dir
+        env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", _CLUSTER_SCRIPT, str(n_workers)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        info = self._answer()
+        self.address, self.head, self.workers = info["address"], info["head"], info["workers"]
+
+    def _answer(self):
+        import json
+
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the cluster process exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def _ask(self, **cmd):
+        import json
+
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def actors(self, name: str) -> list[dict]:
+        return self._ask(op="actors", name=name)
+
+    def remove(self, node_id: str) -> None:
+        self._ask(op="remove", node=node_id)
+        self.workers.remove(node_id)
+
+    def close(self) -> None:
+        """Shut the cluster down; then SIGKILL whatever still names its temp dir (never `ray stop`)."""
+        from fake_cluster import _kill_group
+
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        _kill_group(self.proc, self.temp_dir, grace=2)
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int = 2) -> Iterator[LocalCluster]:
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="e2i-mn-", dir="/tmp")  # short: Ray's socket paths live under it
+    cluster = LocalCluster(n_workers, temp_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------- an unreachable endpoint
+class TcpGate:
+    """A TCP forwarder on 127.0.0.1 in front of a server (e.g. moto's S3 on ``target_port``): ``close()``
+    makes the endpoint unreachable (the listening socket and every open connection are closed: clients get
+    "connection refused") while the server behind keeps its data; ``open()`` serves the same port again.
+    Models object storage that becomes unreachable and comes back, which stopping moto cannot (it keeps
+    objects in memory only)."""
+
+    def __init__(self, target_port: int, port: int) -> None:
+        self.target, self.port = target_port, port
+        import threading
+
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+        self.open()
+
+    def open(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()

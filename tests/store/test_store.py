@@ -121,6 +121,22 @@ def test_resume_sees_completed_shards_and_ignores_tmp_leftovers(tmp_path):
     assert verify_store(split) == []
 
 
+def test_rewritten_shard_releases_its_old_ids_and_a_new_writer_sees_the_shards(tmp_path):
+    """The writer's id -> shard map (ids are checked in O(rows), not against every earlier shard):
+    rewriting part-00000 without clip000..clip002 frees those ids for another shard; a second writer
+    on the same split reads the shards back and refuses an id they already hold."""
+    a = toy_arrays()
+    split = tmp_path / "s"
+    w = StoreWriter(split, dataset="d", split="s", encoders=ENCODERS)
+    w.write_shard("items", make_items_table(a["item_ids"][:5], [""] * 5, a["item_emb"][:5]), "part-00000")
+    w.write_shard("items", make_items_table(a["item_ids"][3:5], [""] * 2, a["item_emb"][3:5]), "part-00000")
+    w.write_shard("items", make_items_table(a["item_ids"][:3], [""] * 3, a["item_emb"][:3]), "part-00001")
+    w2 = StoreWriter(split, dataset="d", split="s", encoders=ENCODERS)
+    with pytest.raises(StoreError, match=r"part-00002\.parquet: item_id 'clip001' already in items/part-00001"):
+        w2.write_shard("items", make_items_table(a["item_ids"][1:2], [""], a["item_emb"][1:2]), "part-00002")
+    assert w2.existing_ids("items") == set(a["item_ids"][:5])
+
+
 def test_writer_refuses_duplicates_bad_values_and_mixed_encoders(tmp_path):
     a = toy_arrays()
     split = tmp_path / "s"

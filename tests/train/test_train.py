@@ -30,7 +30,8 @@ from e2i.store.synthetic import make_synthetic_store, synthetic_splits
 from e2i.train.checkpoint import read_progress
 from e2i.train.cli import config_from_args
 from e2i.train.driver import epoch_checkpoints, fit
-from e2i.train.loop import global_batches, lr_at, run_training
+from e2i.train.loop import run_training
+from e2i.train.schedule import global_batches, lr_at
 from e2i.train.seeds import seed_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,7 @@ SMALL = {
     "model.hidden_dim": 64,
     "model.num_layers": 1,
     "optim.epochs": 6,
+    "optim.min_steps_per_epoch": 0,  # plain passes: these tests count steps per pass (test_train_steps: the default)
     "optim.batch_size": 128,
     "optim.lr": 3e-3,
     "loss.queue_size": 256,

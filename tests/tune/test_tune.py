@@ -359,7 +359,7 @@ def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp
     assert len({t.user_attrs["tune_trial_id"] for t in counted}) == NUM_SAMPLES
     # what the resumed driver told the user
     log = max(tmp_path.glob("driver-*.log"), key=lambda p: int(p.stem.split("-")[1])).read_text()
-    assert re.search(r"^e2i tune: study repaired on resume: \{'failed_orphans': 1, 'finished_elsewhere': \d\}$",
+    assert re.search(r"^e2i tune: study repaired on resume: \{'failed_orphans': 1, 'finished_elsewhere': \d, 'errored_retried': 0\}$",
                      log, re.MULTILINE), log[-3000:]
     assert re.search(rf"^e2i tune resumable: complete {states['COMPLETE']}, fail 1, pruned {states['PRUNED']} "
                      r"in \d+s; best trial \d+: val/mAP@10 \d\.\d{4} -> .*best_config\.yaml; report: ",
