@@ -75,7 +75,7 @@ class E2IOptunaSearch(OptunaSearch):
         """Trials of the study that count toward num_samples: all asked ones except the FAILs whose
         parameters were re-queued on resume (orphans, errored trials)."""
         trials = self._ot_study.get_trials(deepcopy=False)
-        requeued = {t.user_attrs[REQUEUED_FROM] for t in trials if REQUEUED_FROM in t.user_attrs}
+        requeued = _requeued_numbers(trials)
         return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in requeued
                    and t.user_attrs.get(FAIL_REASON) != FAIL_REASON_ORPHAN)
 
@@ -161,7 +161,7 @@ class E2IOptunaSearch(OptunaSearch):
         # a trial that errored (e.g. object storage unreachable) is run again: --resume is the retry
         # (once per errored trial: a finished trial cannot be changed, so the re-run is marked instead)
         trials = self._ot_study.get_trials(deepcopy=False)
-        requeued = {t.user_attrs[REQUEUED_FROM] for t in trials if REQUEUED_FROM in t.user_attrs}
+        requeued = _requeued_numbers(trials)
         for frozen in trials:
             errored = frozen.state == TrialState.FAIL and frozen.user_attrs.get(FAIL_REASON) == FAIL_REASON_ERRORED
             if errored and frozen.number not in requeued:
@@ -175,6 +175,11 @@ class E2IOptunaSearch(OptunaSearch):
         if any(counts.values()):
             print(f"e2i tune: study repaired on resume: {counts}", flush=True)
         return counts
+
+
+def _requeued_numbers(trials) -> set[int]:
+    """Numbers of the FAILed trials whose parameters some later trial re-runs (``REQUEUED_FROM``)."""
+    return {t.user_attrs[REQUEUED_FROM] for t in trials if REQUEUED_FROM in t.user_attrs}
 
 
 class RecordingASHA(ASHAScheduler):
