@@ -8,14 +8,16 @@ with replacement out of the C clusters that have queries and takes every query o
 estimator as the point value: the mean over queries), and the median rank is the median of the
 resampled multiset of ranks. Clusters of size one give the ordinary query-level bootstrap.
 
-Pure numpy: no ray, no torch.
+Pure numpy/scipy: no ray, no torch.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
-MEMORY = 1 << 24  # elements of the (batch, Q) median work array per batch (~128 MB int64 at most)
+MEMORY = 1 << 24  # elements of the (batch, clusters) work arrays per batch (~128 MB int64 at most)
+BLOCK = 256  # sorted values per block of the two-level median search
 
 
 def _clusters(clusters, q: int) -> tuple[np.ndarray, int]:
@@ -42,9 +44,7 @@ def replicates(means: np.ndarray, medians: np.ndarray, clusters, n_boot: int, se
     sums = np.zeros((c, means.shape[1]))
     np.add.at(sums, code, means)  # (C, S) per-cluster sums
     sizes = np.bincount(code, minlength=c).astype(np.float64)  # (C,)
-    order = np.argsort(medians, axis=0, kind="stable")  # (Q, R) each column ascending
-    sorted_vals = np.take_along_axis(medians, order, 0)
-    sorted_code = code[order]  # (Q, R) cluster of each sorted value
+    columns = [_SortedColumn(medians[:, r], code, c) for r in range(medians.shape[1])]
     rng = np.random.default_rng(seed)
     batch = max(1, min(batch, MEMORY // max(q, 1)))
     rep_means, rep_medians = [], []
@@ -54,14 +54,41 @@ def replicates(means: np.ndarray, medians: np.ndarray, clusters, n_boot: int, se
         w = np.bincount((draws + c * np.arange(b)[:, None]).ravel(), minlength=b * c).reshape(b, c)
         total = w @ sizes  # (b,) queries in each replicate
         rep_means.append((w @ sums) / total[:, None])
-        cols = []
-        for r in range(medians.shape[1]):
-            cum = np.cumsum(w[:, sorted_code[:, r]], axis=1)  # (b, Q) multiplicity up to each value
-            lo_pos, hi_pos = (total - 1) // 2, total // 2  # np.median: mean of the middle pair
-            at = [(cum <= p[:, None]).sum(1) for p in (lo_pos, hi_pos)]  # first value covering p
-            cols.append((sorted_vals[at[0], r] + sorted_vals[at[1], r]) / 2)
+        cols = [col.median(w, total.astype(np.int64)) for col in columns]
         rep_medians.append(np.stack(cols, 1) if cols else np.zeros((b, 0)))
     return np.concatenate(rep_means), np.concatenate(rep_medians)
+
+
+class _SortedColumn:
+    """One column of per-query values, sorted, for the medians of weighted resamples.
+
+    A replicate holds value i ``w[cluster(i)]`` times; its median (np.median's: the mean of the two
+    middle values) is found in two levels: the replicate's weight per block of ``BLOCK`` sorted values
+    (one sparse product, (b, C) @ (C, blocks)) locates the block of each middle position, and only
+    that block is expanded into a cumulative count, so the work is b x (Q / BLOCK + BLOCK), not b x Q.
+    """
+
+    def __init__(self, values: np.ndarray, code: np.ndarray, c: int) -> None:
+        order = np.argsort(values, kind="stable")
+        self.vals, self.code = values[order], code[order]  # (Q,) ascending, cluster of each
+        q = len(order)
+        self.member = scipy.sparse.csr_matrix(  # (C, blocks): queries of each cluster per block
+            (np.ones(q), (self.code, np.arange(q) // BLOCK)), shape=(c, -(-q // BLOCK)))
+
+    def median(self, w: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """(b,) medians of the b replicates with cluster multiplicities ``w`` (b, C), sizes ``total``."""
+        b, q = len(w), len(self.vals)
+        cum_blocks = np.cumsum(np.asarray((self.member.T @ w.T).T), 1)  # (b, blocks) weight up to each block
+        middle = []
+        for p in ((total - 1) // 2, total // 2):  # 0-based positions of the middle pair
+            blk = (cum_blocks <= p[:, None]).sum(1)  # (b,) the block that covers position p
+            pos = blk[:, None] * BLOCK + np.arange(BLOCK)  # (b, BLOCK) value indices in that block
+            inside = pos < q
+            wts = np.where(inside, np.take_along_axis(w, self.code[np.minimum(pos, q - 1)], 1), 0)
+            before = np.where(blk > 0, cum_blocks[np.arange(b), blk - 1], 0)  # weight before the block
+            cum = before[:, None] + np.cumsum(wts, 1)  # (b, BLOCK)
+            middle.append(self.vals[pos[np.arange(b), (cum <= p[:, None]).sum(1)]])
+        return (middle[0] + middle[1]) / 2
 
 
 def percentile_ci(reps: np.ndarray) -> np.ndarray:

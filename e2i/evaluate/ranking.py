@@ -2,20 +2,25 @@
 
 The (M captions x N items) score matrix is never held whole. Captions are cut into chunks of
 ``chunk_size`` rows; each chunk's block ``S = cap_emb[chunk] @ item_emb.T`` (chunk, N) is computed
-once with ``torch.mm`` (on CUDA when the embeddings are there) and everything is read from it
-before the next block:
+once with ``torch.mm`` into one reused buffer (on CUDA when the embeddings are there) and everything
+is read from it before the next block. Per chunk only counts are taken: a comparison written as
+0/1 floats into one scratch block and a float sum (:func:`~e2i.evaluate.column_topk.count_buffer`).
 
 * text -> item (rows of S): the target's score is gathered from the same block, so a rank is
   ``1 + #(S_row > t) + #(S_row == t, index < target)`` counted on exactly the numbers it is compared
-  with; top-K lists with :func:`topk_rows`.
-* item -> text (columns of S): an item's column is spread over all chunks, so its target (the score
-  of its best caption) must be known before the pass. A pre-pass computes every caption's score with
-  its own item from small ``torch.mm`` blocks (1-2 % of the main matmul); the main pass then counts
-  ``#(S_col > t*)`` and the exact ties per column in two elementwise passes, keeps a running top-10
-  per column (:class:`ColumnTopK`) for AP@10, and checks bit-for-bit that the pre-pass targets equal
-  the block's own values. MKL returns the same bits for an entry whatever the block shape (checked
-  here), so that check passes; where a BLAS does not, the items concerned are redone exactly from
-  their own rows (``item_emb[bad] @ cap_emb.T``), so ranks stay self-consistent.
+  with. The pass counts ``> t`` and ``== t``; the rare rows where another item ties the target are
+  recounted after the pass from their own rows with the index order. Top-K lists with
+  :func:`~e2i.evaluate.column_topk.topk_rows` (only when relevance lists ask for them).
+* item -> text (columns of S): an item's column is spread over all chunks, so its target t* (the
+  score of its best caption c*) must be known before the pass. A pre-pass computes every caption's
+  score with its own item from small ``torch.mm`` blocks (1-2 % of the main matmul); the main pass
+  counts ``#(S_col > t*)`` and ``#(S_col == t*)`` and keeps a running top-10 per column
+  (:class:`~e2i.evaluate.column_topk.ColumnTopK`) for AP@10, floored at the item's weakest own
+  caption: a caption scoring below all of them cannot move any of them, so AP@10 needs nothing
+  below it (the lists are exact down to that floor). Each caption's own score is also read from
+  its block; items where that differs from the pre-pass (a BLAS whose bits depend on the block
+  shape) or where another caption ties t* are redone exactly from their own rows
+  (``item_emb[redo] @ cap_emb.T``), so ranks stay self-consistent.
 
 Order convention everywhere: score descending, equal scores by ascending candidate index (what a
 stable argsort of ``-score`` gives). Pure torch: no ray import here.
@@ -28,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from e2i.evaluate.column_topk import ColumnTopK, count_buffer, topk_rows
+
 MAP_K = 10  # the column lists kept for item -> text AP@10
 PRE_CHUNK = 256  # captions per pre-pass block (grouped by item)
 
@@ -38,97 +45,27 @@ def as_tensor(x, dtype=torch.float32, device=None) -> torch.Tensor:
     return t.to(device=device or t.device, dtype=dtype).contiguous()
 
 
-def score_block(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """The one scoring function: (A, D) x (B, D) -> (A, B) dot products (torch.mm)."""
-    return torch.mm(rows, cols.T)
+def score_block(rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The one scoring function: (A, D) x (B, D) -> (A, B) dot products (torch.mm).
+    ``out``: a reused (>= A, B) buffer; a fresh multi-MB result per chunk costs page faults."""
+    if out is None:
+        return torch.mm(rows, cols.T)
+    return torch.mm(rows, cols.T, out=out[: len(rows)])
 
 
-def ranks_in_rows(scores: torch.Tensor, target: torch.Tensor, index: torch.Tensor, mask=None) -> torch.Tensor:
+def ranks_in_rows(scores: torch.Tensor, target: torch.Tensor, index: torch.Tensor, buf=None) -> torch.Tensor:
     """(Q,) int64 1-based rank of candidate ``index`` (score ``target``) in each row of ``scores`` (Q, C).
-    ``mask``: optional bool buffer of at least (Q, C) reused for the comparisons."""
+    ``buf``: optional :func:`count_buffer` of at least (Q, C) reused for the comparisons."""
     t = target[:, None]
-    mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device) if mask is None else mask[: len(scores)]
-    above = torch.gt(scores, t, out=mask).sum(1, dtype=torch.int32)  # strictly better candidates
-    at = torch.ge(scores, t, out=mask).sum(1, dtype=torch.int32)  # ... plus every candidate tied with the target
-    rank = 1 + above.long()
+    buf = count_buffer(*scores.shape, scores.device) if buf is None else buf[: len(scores)]
+    above = torch.gt(scores, t, out=buf).sum(1).long()  # strictly better candidates
+    at = torch.ge(scores, t, out=buf).sum(1).long()  # ... plus every candidate tied with the target
+    rank = 1 + above
     tied = torch.nonzero(at - above > 1).flatten()  # rows where another candidate ties: rare
     if len(tied):  # equal score and lower index ranks first
         before = torch.arange(scores.shape[1], device=scores.device)[None, :] < index[tied, None]
         rank[tied] += ((scores[tied] == t[tied]) & before).sum(1)
     return rank
-
-
-def _order(key_major: torch.Tensor, value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting by (key_major asc, value desc, index asc), with stable sorts."""
-    perm = torch.argsort(index, stable=True)
-    perm = perm[torch.argsort(-value[perm], stable=True)]
-    return perm[torch.argsort(key_major[perm], stable=True)]
-
-
-def _position_in_group(group: torch.Tensor) -> torch.Tensor:
-    """0-based position of every entry within its run of equal values in the sorted ``group``."""
-    new = torch.ones_like(group, dtype=torch.bool)
-    new[1:] = group[1:] != group[:-1]
-    starts = torch.nonzero(new).flatten()
-    run = torch.cumsum(new.long(), 0) - 1  # run id of each position
-    return torch.arange(len(group), device=group.device) - starts[run]
-
-
-def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` of each row (score desc, index asc): (values (Q, k), indices (Q, k) int64).
-
-    ``torch.topk`` finds the k-th value of each row; every entry >= it is a candidate (ties at the
-    boundary included), and the candidates are ordered by the stable sorts, so the tie order does not
-    depend on torch.topk's.
-    """
-    q, c = scores.shape
-    k = min(k, c)
-    kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]  # (Q, 1)
-    row, col = torch.nonzero(scores >= kth, as_tuple=True)  # row-major: index ascending in a row
-    val = scores[row, col]
-    perm = _order(row, val, col)
-    keep = perm[_position_in_group(row[perm]) < k]  # exactly k per row
-    return val[keep].view(q, k), col[keep].view(q, k)
-
-
-class ColumnTopK:
-    """Running exact top-``k`` of every column of a matrix seen in row chunks of ascending row index.
-
-    ``values``/``index`` (C, k): best first; -inf / -1 while a column has fewer than k rows. A chunk's
-    candidates are its entries above the current k-th value (a later row that only ties it ranks
-    after it), so after the first chunk only a few entries per column are merged.
-    """
-
-    def __init__(self, columns: int, k: int, device) -> None:
-        self.k = k
-        self.values = torch.full((columns, k), -torch.inf, device=device)
-        self.index = torch.full((columns, k), -1, dtype=torch.int64, device=device)
-
-    def update(self, block: torch.Tensor, row0: int) -> None:
-        kth = self.values[:, -1]  # (C,)
-        full = self.index[:, -1] >= 0
-        if bool(full.all()):
-            row, col = torch.nonzero(block > kth, as_tuple=True)
-        else:  # a column not full yet takes its best k of this chunk, ties at the boundary included
-            chunk_kth = torch.topk(block, min(self.k, block.shape[0]), dim=0).values[-1]
-            thr = torch.where(full, kth, chunk_kth)
-            row, col = torch.nonzero((block > thr) | ((block == thr) & ~full), as_tuple=True)
-        if len(row) == 0:
-            return
-        # Candidates of each touched column side by side with its current list: (U, k + most).
-        # Current entries come first and candidates follow in row order, so a stable descending sort
-        # puts equal scores in index order (current entries have lower rows than this chunk's).
-        perm = torch.argsort(col, stable=True)  # row order kept within a column
-        row, col = row[perm], col[perm]
-        cols, group = torch.unique_consecutive(col, return_inverse=True)
-        pos = _position_in_group(col)
-        width = self.k + int(pos.max()) + 1
-        vals = torch.full((len(cols), width), -torch.inf, device=block.device)
-        idx = torch.full((len(cols), width), -1, dtype=torch.int64, device=block.device)
-        vals[:, : self.k], idx[:, : self.k] = self.values[cols], self.index[cols]
-        vals[group, self.k + pos], idx[group, self.k + pos] = block[row, col], row + row0
-        vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
-        self.values[cols], self.index[cols] = vals[:, : self.k], idx.gather(1, order[:, : self.k])
 
 
 def caption_targets(items: torch.Tensor, caps: torch.Tensor, cap_item: torch.Tensor) -> torch.Tensor:
@@ -142,7 +79,7 @@ def caption_targets(items: torch.Tensor, caps: torch.Tensor, cap_item: torch.Ten
     for lo in range(0, len(caps), PRE_CHUNK):
         rows = order[lo : lo + PRE_CHUNK]
         uniq, inv = torch.unique(cap_item[rows], return_inverse=True)
-        block = score_block(caps[rows], items[uniq])  # (<= PRE_CHUNK, <= PRE_CHUNK)
+        block = score_block(caps.index_select(0, rows), items[uniq])  # (<= PRE_CHUNK, <= PRE_CHUNK)
         out[rows] = block[torch.arange(len(rows), device=caps.device), inv]
     return out
 
@@ -160,7 +97,8 @@ class Scan:
 
     ``t2i_rank`` (Q,): rank of each text query's best relevant item; ``t2i_top`` (Q, k) item indices
     (k = 0 when not asked). ``i2t_rank`` (N,): rank of each item's best caption (0 for items without
-    captions); ``i2t_top`` (N, MAP_K) caption indices.
+    captions); ``i2t_top`` (N, MAP_K) caption indices, exact down to the item's weakest own caption
+    (-1 beyond it: what AP@10 reads; :func:`top_k` gives complete lists).
     """
 
     t2i_rank: torch.Tensor
@@ -171,49 +109,72 @@ class Scan:
 
 def scan(items, caps, cap_item, t2i_queries, t2i_table, *, t2i_k=0, i2t=True, chunk_size=256) -> Scan:
     """One chunked pass. ``t2i_queries`` (Q,) ascending caption rows; ``t2i_table`` (Q, R) their
-    relevant items (-1 padding). Item -> text uses ``cap_item`` (every caption relevant to its item)."""
+    relevant items (-1 padding). Item -> text uses ``cap_item`` (every caption relevant to its item).
+
+    Per chunk only counts are taken (a comparison written into ``buf`` and a float sum per
+    direction and threshold); rows and columns whose target is tied by another candidate, which
+    need the index order, are recounted exactly after the pass from their own rows (rare).
+    """
     dev, (m, n) = caps.device, (len(caps), len(items))
-    t2i_rank = torch.zeros(len(t2i_queries), dtype=torch.int64, device=dev)
-    t2i_top = torch.zeros((len(t2i_queries), min(t2i_k, n)), dtype=torch.int64, device=dev)
+    nq, padded = len(t2i_queries), bool((t2i_table < 0).any())
+    t2i_above = torch.zeros(nq, dtype=torch.float64, device=dev)  # (Q,) items scoring above the target
+    t2i_tied = torch.zeros(nq, dtype=torch.float64, device=dev)  # (Q,) items scoring equal to it
+    t2i_top = torch.zeros((nq, min(t2i_k, n)), dtype=torch.int64, device=dev)
     if i2t:
         pre = caption_targets(items, caps, cap_item)  # (M,)
         t_star, c_star = _best_caption(pre, cap_item, n)  # (N,), (N,); +inf / M for captionless items
-        above = torch.zeros(n, dtype=torch.int64, device=dev)
-        ties = torch.zeros(n, dtype=torch.int64, device=dev)
-        tops, bad = ColumnTopK(n, MAP_K, dev), torch.zeros(n, dtype=torch.bool, device=dev)
-    mask = torch.empty((min(chunk_size, m), n), dtype=torch.bool, device=dev)
+        above = torch.zeros(n, dtype=torch.float64, device=dev)  # (N,) captions above t*
+        tied = torch.zeros(n, dtype=torch.float64, device=dev)  # (N,) captions equal to t*, c* included
+        own = torch.empty(m, dtype=caps.dtype, device=dev)  # (M,) each caption's own score, from its block
+        # Only captions scoring at least an item's weakest own caption can move a relevant caption
+        # down its list, so that score is the floor of its top-10 (AP@10 needs nothing below it).
+        floor = torch.full((n,), torch.inf, device=dev).scatter_reduce(0, cap_item, pre, "amin")
+        tops, rows_c = ColumnTopK(n, MAP_K, dev, floor), torch.arange(min(chunk_size, m), device=dev)
+    buf = count_buffer(min(chunk_size, m), n, dev)  # the comparisons' scratch, as big as a block
+    scores = torch.empty((min(chunk_size, m), n), dtype=caps.dtype, device=dev)  # every chunk's block
     starts = np.arange(0, m, chunk_size)
     bounds = np.searchsorted(t2i_queries.cpu().numpy(), np.append(starts, m))  # queries per chunk
     for ci, lo in enumerate(starts.tolist()):
-        block = score_block(caps[lo : lo + chunk_size], items)  # (c, N), the only big allocation
+        block = score_block(caps[lo : lo + chunk_size], items, scores)  # (c, N) in the one block buffer
         c, hi = block.shape[0], lo + block.shape[0]
         q_lo, q_hi = int(bounds[ci]), int(bounds[ci + 1])
         if q_hi > q_lo:  # text -> item: the queries of this chunk
-            rows, table = t2i_queries[q_lo:q_hi] - lo, t2i_table[q_lo:q_hi]
-            sub = block if q_hi - q_lo == c else block[rows]  # (q, N): every caption is a query, or some
-            vals = torch.where(table >= 0, sub.gather(1, table.clamp(min=0)), -torch.inf)
-            t, r = best_target(vals, table)
-            t2i_rank[q_lo:q_hi] = ranks_in_rows(sub, t, r, mask)
+            table = t2i_table[q_lo:q_hi]
+            sub = block if q_hi - q_lo == c else block[t2i_queries[q_lo:q_hi] - lo]  # (q, N)
+            vals = sub.gather(1, table.clamp(min=0))  # (q, R) scores of the relevant items
+            t = (torch.where(table >= 0, vals, -torch.inf) if padded else vals).amax(1, keepdim=True)
+            t2i_above[q_lo:q_hi] = torch.gt(sub, t, out=buf[: len(sub)]).sum(1)
+            t2i_tied[q_lo:q_hi] = torch.eq(sub, t, out=buf[: len(sub)]).sum(1)
             if t2i_k:
                 t2i_top[q_lo:q_hi] = topk_rows(sub, t2i_k)[1]
         if i2t:
-            own = cap_item[lo:hi]
-            exact = block[torch.arange(c, device=dev), own]
-            bad[own[exact != pre[lo:hi]]] = True  # pre-pass disagrees with the block: redo those items
-            above += torch.gt(block, t_star, out=mask[:c]).sum(0, dtype=torch.int32)
-            eq = torch.eq(block, t_star, out=mask[:c])
-            ties += torch.where(c_star >= hi, eq.sum(0, dtype=torch.int32), 0)  # all rows precede c*
-            here = torch.nonzero((c_star >= lo) & (c_star < hi)).flatten()  # c* inside this chunk
-            before = torch.arange(c, device=dev)[:, None] < (c_star[here] - lo)[None, :]
-            ties[here] += (eq[:, here] & before).sum(0)
-            tops.update(block, lo)
+            own[lo:hi] = block[rows_c[:c], cap_item[lo:hi]]
+            above += torch.gt(block, t_star, out=buf[:c]).sum(0)
+            tied += torch.eq(block, t_star, out=buf[:c]).sum(0)
+            tops.update(block, lo, buf)  # after the counts: it overwrites buf
+    t2i_rank = 1 + t2i_above.long()
+    redo = torch.nonzero(t2i_tied != 1).flatten()  # another item ties the best relevant one
+    if len(redo):
+        t2i_rank[redo] = _text_rows(caps[t2i_queries[redo]], items, t2i_table[redo], chunk_size)
     if not i2t:
         return Scan(t2i_rank, t2i_top, None, None)
-    i2t_rank, i2t_top = torch.where(c_star < m, 1 + above + ties, 0), tops.index
-    redo = torch.nonzero(bad).flatten()
+    i2t_rank, i2t_top = torch.where(c_star < m, 1 + above.long(), 0), tops.result()[1]
+    bad = torch.zeros(n, dtype=torch.bool, device=dev)
+    bad[cap_item[own != pre]] = True  # the pre-pass disagrees with a block: t* was not the block's value
+    redo = torch.nonzero(bad | ((c_star < m) & (tied != 1))).flatten()  # ... or another caption ties c*
     if len(redo):
         i2t_rank[redo], i2t_top[redo] = _item_rows(items[redo], caps, cap_item, redo, chunk_size)
     return Scan(t2i_rank, t2i_top, i2t_rank, i2t_top)
+
+
+def _text_rows(caps_q, items, table, chunk_size):
+    """Exact text -> item ranks of a few queries from their own rows (ties by index)."""
+    ranks = []
+    for lo in range(0, len(caps_q), chunk_size):
+        block, tab = score_block(caps_q[lo : lo + chunk_size], items), table[lo : lo + chunk_size]
+        t, r = best_target(torch.where(tab >= 0, block.gather(1, tab.clamp(min=0)), -torch.inf), tab)
+        ranks.append(ranks_in_rows(block, t, r))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64, device=items.device)
 
 
 def _best_caption(score: torch.Tensor, cap_item: torch.Tensor, n: int):
@@ -234,7 +195,8 @@ def _item_rows(items_q, caps, cap_item, item_ids, chunk_size):
         own = cap_item[None, :] == ids[:, None]  # (c, M) relevant captions
         t, r = best_target(torch.where(own, block, -torch.inf), torch.arange(len(caps), device=caps.device).expand_as(block))
         ranks.append(ranks_in_rows(block, t, r))
-        tops.append(topk_rows(block, MAP_K)[1])
+        top = topk_rows(block, MAP_K)[1]  # (c, min(MAP_K, M)); -1 pads like ColumnTopK's lists
+        tops.append(torch.nn.functional.pad(top, (0, MAP_K - top.shape[1]), value=-1))
     return torch.cat(ranks), torch.cat(tops)
 
 
@@ -265,5 +227,5 @@ def top_k(item_emb, cap_emb, k: int, *, direction: str = "text_to_item", chunk_s
         tops = ColumnTopK(len(items), min(k, len(caps)), items.device)
         for lo in range(0, len(caps), chunk_size):
             tops.update(score_block(caps[lo : lo + chunk_size], items), lo)
-        vals, idx = tops.values, tops.index
+        vals, idx = tops.result()
     return idx.long().cpu().numpy(), vals.float().cpu().numpy()

@@ -1,5 +1,6 @@
 """The one-pass engine: top_k in both directions equals a stable argsort (with ties), the exact
-fallback path for item -> text equals the pass, bad arguments are one-line errors."""
+fallback path for item -> text equals the pass (its lists down to each item's weakest own caption),
+bad arguments are one-line errors."""
 
 from __future__ import annotations
 
@@ -41,7 +42,13 @@ def test_item_rows_fallback_equals_the_pass():
     res = scan(it, cp, ci, torch.arange(len(cp)), ci[:, None], chunk_size=9)
     ids = torch.arange(len(it))
     rank, top = _item_rows(it, cp, ci, ids, chunk_size=4)
-    assert torch.equal(rank, res.i2t_rank) and torch.equal(top, res.i2t_top)
+    assert torch.equal(rank, res.i2t_rank)
+    # The pass keeps each item's list exact down to its weakest own caption's score (all AP@10 reads)
+    scores = score_block(it, cp)  # (N, M)
+    floor = torch.full((len(it),), torch.inf).scatter_reduce(0, ci, scores[ci, torch.arange(len(cp))], "amin")
+    exact_part = torch.gather(scores, 1, top.clamp(min=0)) >= floor[:, None]  # (N, 10)
+    assert exact_part.sum() > len(it)  # the comparison covers more than each item's first entry
+    assert torch.equal(torch.where(exact_part, top, -2), torch.where(exact_part, res.i2t_top, -2))
 
 
 def test_top_k_rejects_bad_arguments():
