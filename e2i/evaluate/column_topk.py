@@ -97,13 +97,13 @@ class ColumnTopK:
 
     :meth:`result` gives ``values``/``index`` (C, k): best first; -inf / -1 while a column has fewer
     than k rows. A chunk's candidates are its entries above their column's current k-th value (a later
-    row that only ties it ranks after it). They wait in a pending list that is merged (one flat sort)
-    when it holds ``PENDING`` x C entries, and at the end: between merges the k-th values are stale,
+    row that only ties it ranks after it). They wait in pending arrays that are merged (one stable
+    sort per slab of columns) when full (``PENDING`` x C entries), and at the end: between merges the k-th values are stale,
     lower than they could be, which lets in a few more candidates but loses no exactness, and the
     merge runs a handful of times (candidates thin out like k / chunks seen) instead of per chunk.
     """
 
-    PENDING = 4  # merge when the pending candidates reach PENDING x columns entries
+    PENDING = 2  # pending arrays hold PENDING x columns candidates
 
     def __init__(self, columns: int, k: int, device, floor: torch.Tensor | None = None) -> None:
         self.k, self.columns = k, columns
@@ -115,7 +115,12 @@ class ColumnTopK:
         self._set_kth()
         self._seen = 0  # rows seen while the lists were not full
         self._full = False  # every column has k rows
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (values, rows, cols)
+        # Pending candidates live in three preallocated arrays (values, rows, cols): thousands of small
+        # long-lived tensors between the chunks' temporaries would fragment the heap and grow RSS.
+        cap = self.PENDING * columns
+        self._pv = torch.empty(cap, device=device)
+        self._pr = torch.empty(cap, dtype=torch.int64, device=device)
+        self._pc = torch.empty(cap, dtype=torch.int64, device=device)
         self._size = 0
 
     def update(self, block: torch.Tensor, row0: int, buf: torch.Tensor | None = None) -> None:
@@ -134,11 +139,14 @@ class ColumnTopK:
             self._full = self._seen >= self.k
             return
         row, col = _above(block, self._kth, buf)
-        if len(row):
-            self._pending.append((block[row, col], row + row0, col))
-            self._size += len(row)
-            if self._size >= self.PENDING * self.columns:
-                self._flush()
+        if self._size + len(row) > len(self._pv):
+            self._flush()
+        if len(row) > len(self._pv):  # more candidates than the pending arrays hold: merge them now
+            self._merge(block[row, col], row + row0, col)
+        elif len(row):
+            end = self._size + len(row)
+            self._pv[self._size : end], self._pr[self._size : end], self._pc[self._size : end] = block[row, col], row + row0, col
+            self._size = end
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(values (C, k), index (C, k) int64) of everything seen so far."""
@@ -146,10 +154,9 @@ class ColumnTopK:
         return self.values, self.index
 
     def _flush(self) -> None:
-        if self._pending:
-            vals, rows, cols = (torch.cat(x) for x in zip(*self._pending))
-            self._pending, self._size = [], 0
-            self._merge(vals, rows, cols)
+        if self._size:
+            size, self._size = self._size, 0
+            self._merge(self._pv[:size], self._pr[:size], self._pc[:size])
 
     def _merge(self, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """Current lists + candidates, per slab of SLAB columns: one stable sort by (column asc,

@@ -98,7 +98,7 @@ class Scan:
     ``t2i_rank`` (Q,): rank of each text query's best relevant item; ``t2i_top`` (Q, k) item indices
     (k = 0 when not asked). ``i2t_rank`` (N,): rank of each item's best caption (0 for items without
     captions); ``i2t_top`` (N, MAP_K) caption indices, exact down to the item's weakest own caption
-    (-1 beyond it: what AP@10 reads; :func:`top_k` gives complete lists).
+    (what AP@10 reads; entries below it may be missing: :func:`top_k` gives complete lists).
     """
 
     t2i_rank: torch.Tensor

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from e2i.evaluate.column_topk import ColumnTopK, count_buffer
 from e2i.evaluate.ranking import _item_rows, as_tensor, scan, score_block, top_k
 
 
@@ -59,3 +60,27 @@ def test_top_k_rejects_bad_arguments():
         top_k(items, caps, 0)
     with pytest.raises(ValueError, match="embeddings"):
         top_k(items, caps[:, :2], 3)
+
+
+@pytest.mark.parametrize("chunk", [3, 10, 64])
+def test_column_topk_with_floor_and_small_pending_arrays_equals_argsort(chunk):
+    """Tiny pending arrays (2 x 3 columns) overflow and flush often; integer scores tie a lot. The
+    lists equal a stable argsort wherever the score is at least the column's floor."""
+    rng = np.random.default_rng(3)
+    scores = torch.from_numpy(rng.integers(-40, 41, (200, 3)).astype(np.float32))  # (rows, columns)
+    floor = torch.tensor([-torch.inf, -40.0, float(scores[:, 2].sort(descending=True).values[5])])  # mid-list
+    tops = ColumnTopK(3, 10, "cpu", floor)
+    for lo in range(0, 200, chunk):
+        tops.update(scores[lo : lo + chunk], lo)
+    vals, idx = tops.result()
+    ref = torch.from_numpy(np.argsort(-scores.T.numpy(), axis=1, kind="stable")[:, :10].copy())  # (3, 10)
+    ref_vals = torch.gather(scores.T, 1, ref)
+    kept = ref_vals >= floor[:, None]
+    assert kept[0].all() and kept[2].any() and not kept[2].all()  # the floor cuts column 2's list
+    assert torch.equal(torch.where(kept, idx, -2), torch.where(kept, ref, -2))
+    assert torch.equal(torch.where(kept, vals, 0), torch.where(kept, ref_vals, 0))
+
+
+def test_count_buffer_is_exact_float32_below_2_24_else_float64():
+    assert count_buffer(256, 5000, "cpu").dtype == torch.float32
+    assert count_buffer(1, 1 << 24, "cpu").dtype == torch.float64  # sums of 2^24 ones leave float32
