@@ -3,8 +3,8 @@
 Compared in one process on the same embeddings (unit-norm float32; caption = its item + noise, 5
 captions per item, so ranks are realistic and ties absent):
 
-- **floor**: the single similarity matmul ``torch.mm(cap_emb, item_emb.T)`` (25 000 x 5 000 x 512,
-  128 GFLOP) that computes every score once;
+- **floor**: the single similarity matmul ``torch.mm(cap_emb, item_emb.T, out=full)`` (25 000 x
+  5 000 x 512, 128 GFLOP) that computes every score once, into a preallocated result;
 - ``e2i.evaluate.metrics.retrieval_metrics`` (one chunked pass, both directions, no CIs), target
   <= 1.5x the matmul; with the 1000-resample item-level bootstrap CIs, target <= 2x. Each of the
   three is timed once per round, rounds interleaved (``--repeats``, default 5), best round each;
@@ -13,7 +13,7 @@ captions per item, so ranks are realistic and ties absent):
   a fresh interpreter so torch/MKL start-up is excluded) vs one chunk's score block (chunk x N x 4 B),
   target <= 4 blocks; the full matrix is M x N x 4 B;
 - scale: 100 000 captions x 20 000 items (2 x 10^9 scores): seconds per 10^9 scores of the metrics vs
-  the chunked matmul alone, and the same memory bound.
+  the chunked matmul alone (2 interleaved rounds, best of each), and the same memory bound.
 
 Wall-clock ratios; CPU-time ratios in the notes (the machine may be shared).
 
@@ -76,19 +76,27 @@ MEMORY_SCRIPT = textwrap.dedent(
     retrieval_metrics(items, caps, cap_item, chunk_size={chunk}, ci={ci})
     t, c = time.perf_counter() - t, time.process_time() - c
     peak = status("VmHWM") - base  # before the matmul loop below allocates its own blocks
-    mm_t, mm_c = time.perf_counter(), time.process_time()
     I, C = torch.from_numpy(items), torch.from_numpy(caps)
-    for lo in range(0, len(caps), {chunk}):
-        torch.mm(C[lo : lo + {chunk}], I.T)
-    mm_t, mm_c = time.perf_counter() - mm_t, time.process_time() - mm_c
+    mm_t, mm_c = float("inf"), float("inf")
+    for r in range({rounds}):  # rounds interleave the chunked matmul and the metrics; best of each
+        w, p = time.perf_counter(), time.process_time()
+        for lo in range(0, len(caps), {chunk}):
+            torch.mm(C[lo : lo + {chunk}], I.T)
+        mm_t, mm_c = min(mm_t, time.perf_counter() - w), min(mm_c, time.process_time() - p)
+        if r + 1 < {rounds}:
+            w, p = time.perf_counter(), time.process_time()
+            retrieval_metrics(items, caps, cap_item, chunk_size={chunk}, ci={ci})
+            t, c = min(t, time.perf_counter() - w), min(c, time.process_time() - p)
     print(json.dumps({{"peak": peak, "wall": t, "cpu": c, "mm_wall": mm_t, "mm_cpu": mm_c}}))
     """
 )
 
 
-def measure_subprocess(n: int, per: int, d: int, chunk: int, ci: bool) -> dict:
-    """Peak RSS above the inputs and times of one retrieval_metrics call, in a fresh interpreter."""
-    script = MEMORY_SCRIPT.format(bench=str(Path(__file__).resolve().parent), n=n, per=per, d=d, chunk=chunk, ci=ci)
+def measure_subprocess(n: int, per: int, d: int, chunk: int, ci: bool, rounds: int = 1) -> dict:
+    """Peak RSS above the inputs of the first retrieval_metrics call in a fresh interpreter, and the
+    best times of ``rounds`` interleaved metrics calls and chunked matmul loops."""
+    script = MEMORY_SCRIPT.format(bench=str(Path(__file__).resolve().parent), n=n, per=per, d=d, chunk=chunk, ci=ci,
+                                  rounds=rounds)
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -116,10 +124,14 @@ def run(quick: bool = False, repeats: int = 5, scale: bool = True) -> list[Resul
 
     # Rounds interleave the floor and the two measured calls, so a slow spell of the (shared,
     # frequency-scaled) machine hits all three alike; each figure is its best round.
-    rounds = [[_timed_cpu(lambda: torch.mm(C, I.T)),
+    # The floor writes into one preallocated (M, N) result: allocating and freeing 477 MB per round
+    # cost the floor page faults and slowed whatever ran next while the kernel reclaimed it.
+    full = torch.empty((m, n))
+    rounds = [[_timed_cpu(lambda: torch.mm(C, I.T, out=full)),
                _timed_cpu(lambda: retrieval_metrics(items, caps, cap_item, chunk_size=chunk, ci=False)),
                _timed_cpu(lambda: retrieval_metrics(items, caps, cap_item, chunk_size=chunk, ci=True))]
               for _ in range(max(1, repeats))]
+    del full
     mm, met, ci = (min((r[j] for r in rounds), key=lambda x: x[0]) for j in range(3))
     spread = "; ".join(f"{min(r[j][0] for r in rounds):.2f}-{max(r[j][0] for r in rounds):.2f} s" for j in range(3))
     t_brute, brute = harness.timed(lambda: retrieval_metrics_bruteforce(items, caps, cap_item))
@@ -150,7 +162,7 @@ def run(quick: bool = False, repeats: int = 5, scale: bool = True) -> list[Resul
             mem["peak"] / block, "<=", TARGET_MEMORY, note="VmHWM - VmRSS in a fresh interpreter"))
     if scale:
         sn, per = size["scale"]
-        mem = measure_subprocess(sn, per, d, chunk, False)
+        mem = measure_subprocess(sn, per, d, chunk, False, rounds=2)
         scores = sn * per * sn / 1e9
         results.append(Result(
             BENCH, f"scale: {sn * per:,} captions x {sn:,} items, d={d}, no CIs: seconds per 10^9 scores",
