@@ -66,18 +66,24 @@ def _above(block: torch.Tensor, kth: torch.Tensor, buf: torch.Tensor | None = No
     ascending within a column.
 
     Candidates are sparse (a column gains about k / chunk-number of them per chunk), and finding a
-    few entries in a big mask with ``torch.nonzero`` costs more than the comparison. So two
-    per-column sums read the 0/1 mask for every column's candidate count and the sum of their row
-    numbers (``r (c,) @ mask (c, C)``). A column with one candidate has its row in that sum (one
-    nonzero term: exact in float32); only columns with several go through ``nonzero``.
+    few entries in a big mask with ``torch.nonzero`` costs more than the comparison. So a column
+    maximum first finds the touched columns; when they are few only those are compared.
     """
-    c, width = block.shape
     touched = torch.nonzero(block.amax(0) > kth).flatten()  # (U,) columns with a candidate
-    if 8 * len(touched) < width:  # few (late chunks, or floors above most scores): only those columns
-        if len(touched) == 0:
-            return touched, touched
-        rows, cols = _above(block.index_select(1, touched), kth[touched])
-        return rows, touched[cols]
+    if 8 * len(touched) >= block.shape[1]:
+        return _above_in(block, kth, buf)
+    if len(touched) == 0:
+        return touched, touched
+    rows, cols = _above_in(block.index_select(1, touched), kth[touched])
+    return rows, touched[cols]
+
+
+def _above_in(block: torch.Tensor, kth: torch.Tensor, buf: torch.Tensor | None = None):
+    """:func:`_above` on columns that mostly have candidates. Two per-column sums read the 0/1 mask
+    for every column's candidate count and the sum of their row numbers (``r (c,) @ mask (c, C)``):
+    a column with one candidate has its row in that sum (one nonzero term: exact in float32); only
+    columns with several go through ``nonzero``."""
+    c, width = block.shape
     mask = torch.gt(block, kth, out=count_buffer(c, width, block.device) if buf is None else buf[:c])
     count = mask.sum(0)  # (C,)
     many = torch.nonzero(count > 1).flatten()
@@ -98,9 +104,10 @@ class ColumnTopK:
     :meth:`result` gives ``values``/``index`` (C, k): best first; -inf / -1 while a column has fewer
     than k rows. A chunk's candidates are its entries above their column's current k-th value (a later
     row that only ties it ranks after it). They wait in pending arrays that are merged (one stable
-    sort per slab of columns) when full (``PENDING`` x C entries), and at the end: between merges the k-th values are stale,
-    lower than they could be, which lets in a few more candidates but loses no exactness, and the
-    merge runs a handful of times (candidates thin out like k / chunks seen) instead of per chunk.
+    sort per slab of columns) when full (``PENDING`` x C entries) and at the end. Between merges the
+    k-th values are stale, lower than they could be: a few more candidates get in, no exactness is
+    lost, and the merge runs a handful of times (candidates thin out like k / chunks seen), not per
+    chunk.
     """
 
     PENDING = 2  # pending arrays hold PENDING x columns candidates

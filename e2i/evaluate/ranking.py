@@ -53,19 +53,13 @@ def score_block(rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None
     return torch.mm(rows, cols.T, out=out[: len(rows)])
 
 
-def ranks_in_rows(scores: torch.Tensor, target: torch.Tensor, index: torch.Tensor, buf=None) -> torch.Tensor:
-    """(Q,) int64 1-based rank of candidate ``index`` (score ``target``) in each row of ``scores`` (Q, C).
-    ``buf``: optional :func:`count_buffer` of at least (Q, C) reused for the comparisons."""
+def ranks_in_rows(scores: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(Q,) int64 1-based rank of candidate ``index`` (score ``target``) in each row of ``scores`` (Q, C),
+    equal scores by ascending index: the exact path for the few queries the pass recounts."""
     t = target[:, None]
-    buf = count_buffer(*scores.shape, scores.device) if buf is None else buf[: len(scores)]
-    above = torch.gt(scores, t, out=buf).sum(1).long()  # strictly better candidates
-    at = torch.ge(scores, t, out=buf).sum(1).long()  # ... plus every candidate tied with the target
-    rank = 1 + above
-    tied = torch.nonzero(at - above > 1).flatten()  # rows where another candidate ties: rare
-    if len(tied):  # equal score and lower index ranks first
-        before = torch.arange(scores.shape[1], device=scores.device)[None, :] < index[tied, None]
-        rank[tied] += ((scores[tied] == t[tied]) & before).sum(1)
-    return rank
+    rank = 1 + (scores > t).sum(1)  # strictly better candidates
+    before = torch.arange(scores.shape[1], device=scores.device)[None, :] < index[:, None]
+    return rank + ((scores == t) & before).sum(1)  # ... and equal ones with a lower index
 
 
 def caption_targets(items: torch.Tensor, caps: torch.Tensor, cap_item: torch.Tensor) -> torch.Tensor:
