@@ -1,11 +1,21 @@
-"""The Ray Data stages of `e2i cache`: rows -> preprocess CPU tasks -> an embedding actor pool -> batches.
+"""The Ray Data stages of `e2i cache`: rows of both kinds -> preprocess CPU tasks -> one embedding actor
+pool -> batches.
 
-    ray.data.from_items(rows) ─▶ map_batches(preprocess_batch)   CPU tasks: decode / resample / tokenise
-                              ─▶ map_batches(EmbedBatch, ActorPoolStrategy)   load() once, embed per batch
-                              ─▶ iter_batches on the driver (e2i.cache.pipeline writes the shards)
+    ray.data.from_arrow(blocks)  items blocks first, then caption blocks (``_kind`` column per block)
+      ─▶ map_batches(preprocess_batch)   CPU tasks: decode / resample / tokenise with the block's encoder
+      ─▶ map_batches(EmbedBatch, ActorPoolStrategy)   one pool for both kinds: each actor loads an
+         encoder the first time a block of its kind arrives and keeps it
+      ─▶ iter_batches on the driver (e2i.cache.pipeline writes the shards)
 
-Owns the batch columns (``KEEP`` store columns per kind, ``ERROR``) and the pool's resource request
-(:func:`pool_resources`). Ray is imported inside the functions that run it, so importing this is light.
+One pipeline for items and captions: the pool starts once per run (an actor's start-up, importing torch
+and loading the encoder, costs seconds: per phase it was most of a small run), and the captions'
+blocks queue right behind the items' ones instead of waiting for a second executor. Each block holds
+rows of one kind; blocks are never merged (``batch_size=None``), so a batch is one block, and the actor
+splits a block larger than the encoder's batch size into encoder calls of that size.
+
+Owns the batch columns (``KEEP`` store columns per kind, ``ERROR``, ``KIND``) and the pool's resource
+request (:func:`pool_resources`). Ray is imported inside the functions that run it, so importing this is
+light.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ from e2i.errors import ConfigError
 ERROR = "error"  # "" for a good row, else why it is rejected
 KEEP = {"items": ("item_id", "path"), "captions": ("caption_id", "item_id", "text")}  # store columns per kind
 ID = {"items": "item_id", "captions": "caption_id"}
-MAX_BLOCKS = 2000  # cap on input blocks: ~batch_size rows per block, without millions of tiny tasks
+KIND = "_kind"  # "items" | "captions": which encoder a block is for
+MAX_BLOCKS = 2000  # cap on input blocks per kind: batch_size rows per block, without millions of tiny tasks
 # Rows per encoder call when --batch-size is not given. A Ray Data task/actor call costs milliseconds;
 # the light text encoder embeds a caption in ~0.3 ms, so batches of 32 would spend most of the phase in
 # task overhead: cheap encoders get large batches. Model encoders keep 32 (memory, GPU batch).
@@ -39,7 +50,7 @@ def batch_size_for(encoder: Any, requested: int | None = None) -> int:
 
 
 def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = None,
-                   num_batches: int | None = None, use_gpu: bool = False) -> dict[str, Any]:
+                   num_batches: int | None = None, use_gpu: bool = False, cpu_only: bool = False) -> dict[str, Any]:
     """``map_batches`` kwargs for the embedding actor pool, from ``ray.cluster_resources()``.
 
     GPUs: one actor per GPU (``num_actors`` caps it; more actors than GPUs could never be scheduled),
@@ -50,11 +61,14 @@ def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = Non
     next actor stage when their resource requests are equal, which would move decoding into the actors
     (no overlap of decode and embed). ``num_batches`` (the work of a phase) caps the pool: an actor that
     would get no batch is not started. ``use_gpu`` asks for ``num_actors`` (default 1) x 1 GPU even
-    when no GPU is up yet, so an autoscaling cluster scaled to zero adds GPU nodes for the pool.
+    when no GPU is up yet, so an autoscaling cluster scaled to zero adds GPU nodes for the pool;
+    ``cpu_only`` ignores the cluster's GPUs (light encoders on a GPU cluster).
     """
-    cpus, gpus = float(cluster.get("CPU", 1.0)), int(cluster.get("GPU", 0))
+    cpus, gpus = float(cluster.get("CPU", 1.0)), 0 if cpu_only else int(cluster.get("GPU", 0))
     if num_actors is not None and num_actors < 1:
         raise ConfigError(f"--num-actors: must be >= 1, got {num_actors}")
+    if use_gpu and cpu_only:
+        raise ConfigError("--use-gpu and --cpu-only: choose one")
     import ray.data
 
     if use_gpu and gpus < 1:  # nothing up yet: request GPUs and let the autoscaler provide them
@@ -75,15 +89,17 @@ def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = Non
 
 
 class EmbedBatch:
-    """The actor UDF: ``__init__`` loads the encoder once (CUDA if this actor sees a GPU), ``__call__``
-    embeds one preprocessed batch and returns the store columns + ``embedding`` (B, D) + ``error``.
+    """The actor UDF: loads each kind's encoder once, on the first block of that kind (CUDA if this actor
+    sees a GPU), and embeds blocks into the store columns + ``embedding`` (B, D) + ``error``.
 
-    Rows with a preprocess error, or a non-finite embedding, keep their ``error`` (and a zero embedding
-    so the column stays finite); the driver routes them to rejected.parquet. Debug columns record where
-    each row was decoded (``_prep_pid``) and embedded (``_pid``, ``_gpu_ids``, ``_device``).
+    ``encoders``: {kind: encoder}; ``batch_sizes``: {kind: rows per encoder call} (a block larger than
+    that is embedded in several calls). Rows with a preprocess error, or a non-finite embedding, keep
+    their ``error`` (and a zero embedding so the column stays finite); the driver routes them to
+    rejected.parquet. Debug columns record where each row was decoded (``_prep_pid``) and embedded
+    (``_pid``, ``_gpu_ids``, ``_device``).
     """
 
-    def __init__(self, encoder: Any, keep: tuple[str, ...]) -> None:
+    def __init__(self, encoders: Mapping[str, Any], batch_sizes: Mapping[str, int] | None = None) -> None:
         import ray
 
         gpu_ids = ray.get_gpu_ids()
@@ -92,42 +108,93 @@ class EmbedBatch:
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder.load(self.device)
-        self.encoder, self.keep = encoder, keep
+        self.encoders, self.batch_sizes = dict(encoders), dict(batch_sizes or {})
+        self.loaded: set[str] = set()
         self.gpu_ids = ",".join(str(g) for g in gpu_ids)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)
+        kind = str(batch[KIND][0])
+        encoder = self.encoders[kind]
+        if kind not in self.loaded:
+            encoder.load(self.device)
+            self.loaded.add(kind)
+            _cpu_threads()
         prep_pid = batch.pop("_prep_pid")
         errors = np.array([str(e) for e in batch[ERROR]], dtype=object)  # (B,)
-        emb = np.asarray(self.encoder.embed(batch), dtype=np.float32)  # (B, D); NaN rows where error != ""
+        n = len(errors)
+        step = self.batch_sizes.get(kind) or n
+        emb = np.concatenate([np.asarray(encoder.embed({k: v[lo:lo + step] for k, v in batch.items()}),
+                                         dtype=np.float32) for lo in range(0, n, step)])  # (B, D); NaN if error
         bad_output = (errors == "") & ~np.isfinite(emb).all(axis=1)
         errors[bad_output] = "non-finite embedding"
         emb[errors != ""] = 0.0
-        n = len(errors)
-        out = {k: batch[k] for k in self.keep}
+        out = {k: batch[k] for k in (KIND, *KEEP[kind])}
         out.update(embedding=emb, error=errors, _prep_pid=prep_pid, _pid=np.full(n, self.pid, dtype=np.int64),
                    _gpu_ids=np.full(n, self.gpu_ids, dtype=object), _device=np.full(n, self.device, dtype=object))
         return out
 
 
-def preprocess_batch(batch: dict[str, np.ndarray], encoder: Any) -> dict[str, np.ndarray]:
-    """The CPU-task stage: ``encoder.preprocess`` + ``_prep_pid`` (which worker decoded the rows)."""
-    out = encoder.preprocess(batch)
+def _cpu_threads() -> None:
+    """torch's intra-op threads = this actor's whole CPUs (at least 1), when torch is loaded. A fractional
+    CPU actor next to the preprocess tasks otherwise runs ``OMP_NUM_THREADS`` (or all cores') threads
+    that spin against them: on 2 cores, 2 threads doubled the actor's CPU time for the same work."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The CPU-task stage: the block's encoder's ``preprocess`` + ``_prep_pid`` (which worker decoded)."""
+    out = encoders[str(batch[KIND][0])].preprocess(batch)  # keeps the input columns, KIND among them
     out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
     return out
 
 
-def embed_stream(rows: list[dict], encoder: Any, kind: str, *, batch_size: int,
+def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int]) -> list:
+    """Arrow tables of the rows to embed, kind by kind in ``work``'s order (items first): ``batch_size``
+    rows per block (more if a kind would exceed :data:`MAX_BLOCKS` blocks), columns ``KIND`` + KEEP[kind]."""
+    import pyarrow as pa
+
+    blocks = []
+    for kind, rows in work.items():
+        size = max(batch_sizes[kind], math.ceil(len(rows) / MAX_BLOCKS))
+        for lo in range(0, len(rows), size):
+            part = rows[lo:lo + size]
+            cols = {KIND: pa.array([kind] * len(part), pa.string())}
+            cols.update({k: pa.array([str(r[k]) for r in part], pa.string()) for k in KEEP[kind]})
+            blocks.append(pa.table(cols))
+    return blocks
+
+
+def embed_stream(work: Mapping[str, list[dict]], encoders: Mapping[str, Any], *, batch_sizes: Mapping[str, int],
                  resources: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """Yield embedded numpy batches (see :class:`EmbedBatch`) for ``rows`` of ``kind``, streaming."""
+    """Yield embedded numpy batches (see :class:`EmbedBatch`; ``KIND`` says which) for ``work``
+    ({kind: rows}), streaming, through one actor pool for every kind.
+
+    GPU pools run one dataset per kind, one after the other: Ray Data requires a ``batch_size`` for
+    GPU stages, and with one it bundles consecutive blocks, which would concatenate the last items
+    block with the first caption block.
+    """
     import ray.data
 
-    blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / batch_size)))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoder": encoder}, batch_size=batch_size,
-                        batch_format="numpy", num_cpus=1)
-    ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoder": encoder, "keep": KEEP[kind]},
-                        batch_size=batch_size, batch_format="numpy", **resources)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    gpu = bool(resources.get("num_gpus"))
+    for group in ([{k: rows} for k, rows in work.items()] if gpu else [dict(work)]):
+        blocks = input_blocks(group, batch_sizes)
+        if not blocks:
+            continue
+        encs = {k: encoders[k] for k in group}
+        step = batch_sizes[next(iter(group))] if gpu else None  # GPU: one kind, rows per call
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoders": encs}, batch_size=None, batch_format="numpy",
+                            num_cpus=1)
+        ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes)},
+                            batch_size=step, batch_format="numpy", **resources)
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -2,13 +2,13 @@
 
     e2i cache --metadata data/toy --audio-encoder logmel-stats --text-encoder ngram-hash --cache-dir stores
 
-Data flow, one phase per modality (items first, so captions of rejected items are never embedded)::
+Data flow: items and captions in one stream, items' blocks first (one actor pool starts once per run)::
 
     read_corpus ─▶ rows not yet in a complete shard (resume)        item_id, path | caption_id, item_id, text
-      ─▶ ray.data.from_items
+      ─▶ ray.data.from_arrow(blocks of one kind each)
       ─▶ map_batches(encoder.preprocess)            CPU tasks: decode / resample / tokenise, `error` column
-      ─▶ map_batches(EmbedBatch, ActorPoolStrategy) actors: load() once, embed one batch (one GPU each)
-      ─▶ iter_batches on the driver ─▶ StoreWriter.write_shard every --shard-size rows
+      ─▶ map_batches(EmbedBatch, ActorPoolStrategy) actors: load each encoder once, embed one block
+      ─▶ iter_batches on the driver ─▶ StoreWriter.write_shard every --shard-size rows of a kind
     ─▶ rejected.parquet ─▶ manifest.json (last) ─▶ pseudo-images ─▶ mirror (every --upload-every rows, at the end)
 
 Modules: this one is the driver (:func:`cache_corpus`, :class:`CacheRun`: phases, checkpoints);
@@ -33,7 +33,8 @@ manifest last, over every complete shard. A killed run therefore leaves complete
 Bad rows never stop the run: the preprocess ``error`` column (unreadable/empty audio, corrupt image,
 too-long text) and non-finite embeddings go to ``rejected.parquet`` (``source`` = ``<modality>:<encoder>``),
 with the corpus reader's rejected rows; captions of a rejected item are rejected with reason
-"item rejected", so every stored caption points at a stored item.
+"item rejected" (held on the driver until their item is out of the pipeline), so every stored caption
+points at a stored item.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from e2i.cache.embed import ERROR, ID, KEEP, batch_size_for, embed_stream, pool_resources
+from e2i.cache.embed import ERROR, ID, KEEP, KIND, batch_size_for, embed_stream, pool_resources
 from e2i.cache.images import export_split
 from e2i.cache.shards import (
     MetaColumns,
@@ -94,13 +95,13 @@ class CacheRun:
 
     def __init__(self, writer: Any, encoders: dict[str, Any], *, batch_size: int | None, shard_size: int,
                  num_actors: int | None, extra: dict, mirror: Any = None, upload_every: int | None = None,
-                 mirror_embeddings: bool = True, use_gpu: bool = False) -> None:
+                 mirror_embeddings: bool = True, use_gpu: bool = False, cpu_only: bool = False) -> None:
         import ray
 
         self.writer, self.encoders, self.extra = writer, encoders, extra
         self.batch_sizes = {k: batch_size_for(enc, batch_size) for k, enc in encoders.items()}  # per phase
         self.shard_size, self.num_actors = shard_size, num_actors
-        self.use_gpu = use_gpu
+        self.use_gpu, self.cpu_only = use_gpu, cpu_only
         self.cluster = ray.cluster_resources()
         self.stats = {k: PhaseStats(k) for k in ("items", "captions")}
         self.rejected: list[dict] = []  # pipeline rejects not yet in rejected.parquet
@@ -108,33 +109,84 @@ class CacheRun:
         self.mirror_report = None
         self._since_upload = 0
 
-    def phase(self, kind: str, rows: list[dict], meta: MetaColumns | None = None) -> None:
-        """Embed ``rows`` of ``kind`` and stream them into shards; bad rows go to ``self.rejected``."""
-        stats, encoder = self.stats[kind], self.encoders[kind]
-        if not rows:
-            return
+    def embed(self, work: dict[str, list[dict]], meta: MetaColumns | None = None) -> None:
+        """Embed ``work`` ({"items": rows, "captions": rows}) in one stream and write the shards.
+
+        Captions reach the driver mostly after their items (their blocks are queued behind the items'),
+        but a caption of an item this run is still embedding is held until that item is out of the
+        pipeline: stored if the item was stored, rejected ("item rejected") if it was not, so every
+        stored caption points at a stored item. Held rows are only those that overtook their item in
+        flight. Phase seconds: items from the start to their last batch, captions from then to the end.
+        """
         t0 = time.perf_counter()
-        batch_size = self.batch_sizes[kind]
+        work = {k: rows for k, rows in work.items() if rows}
+        if not work:
+            return
+        blocks = sum(math.ceil(len(rows) / self.batch_sizes[k]) for k, rows in work.items())
         res = pool_resources(self.cluster, num_actors=self.num_actors, use_gpu=self.use_gpu,
-                             num_batches=math.ceil(len(rows) / batch_size))
-        stats.pool = resources_summary(res)
-        buffer = ShardBuffer(self.writer, kind, self.shard_size, meta, encoder.manifest_entry())
-        source = f"{encoder.modality}:{encoder.name}"
-        for batch in embed_stream(rows, encoder, kind, batch_size=batch_size, resources=res):
-            ok = np.array([e == "" for e in batch[ERROR]], dtype=bool)  # (B,)
-            self.rejected += [{"source": source, "id": str(batch[ID[kind]][i]), "reason": str(batch[ERROR][i])}
-                              for i in np.flatnonzero(~ok)]
-            stats.rejected += int((~ok).sum())
-            stats.placement.update(zip(batch["_pid"].tolist(), batch["_gpu_ids"].tolist(),
-                                       batch["_device"].tolist()))
-            stats.preprocess_pids.update(batch["_prep_pid"].tolist())
-            stats.dim = int(batch["embedding"].shape[1])
-            for info in buffer.add({k: batch[k][ok] for k in (*KEEP[kind], "embedding")}):
+                             cpu_only=self.cpu_only, num_batches=blocks)
+        buffers = {k: ShardBuffer(self.writer, k, self.shard_size, meta if k == "items" else None,
+                                  self.encoders[k].manifest_entry()) for k in work}
+        for k in work:
+            self.stats[k].pool = resources_summary(res)
+        self._unresolved = {str(r["item_id"]) for r in work.get("items", [])}  # items still in the pipeline
+        self._bad_items: set[str] = set()
+        held: list[dict[str, np.ndarray]] = []  # caption rows waiting for their item
+        t_items = t0
+        for batch in embed_stream(work, self.encoders, batch_sizes=self.batch_sizes, resources=res):
+            kind = str(batch[KIND][0])
+            good = self._good_rows(kind, batch)
+            if kind == "items":
+                self._unresolved.difference_update(batch["item_id"].tolist())
+                self._bad_items.update(batch["item_id"][batch[ERROR] != ""].tolist())
+                self._write(buffers["items"], good)
+                t_items = time.perf_counter()
+                held = self._release(held, buffers.get("captions"))
+            else:
+                held = self._release(held + [good], buffers["captions"])
+                self.stats["captions"].held = max(self.stats["captions"].held, sum(len(c["item_id"]) for c in held))
+        self._release(held, buffers.get("captions"))
+        for k, buffer in buffers.items():
+            for info in buffer.flush():
                 self._on_shard(info)
-        for info in buffer.flush():
+            self.stats[k].embedded = buffer.written
+        if "items" in work:
+            self.stats["items"].seconds = t_items - t0
+        if "captions" in work:
+            self.stats["captions"].seconds = time.perf_counter() - (t_items if "items" in work else t0)
+
+    def _good_rows(self, kind: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rejected rows of ``batch`` to ``self.rejected``, placement to the stats; the good rows' columns."""
+        stats, encoder = self.stats[kind], self.encoders[kind]
+        ok = np.array([e == "" for e in batch[ERROR]], dtype=bool)  # (B,)
+        source = f"{encoder.modality}:{encoder.name}"
+        self.rejected += [{"source": source, "id": str(batch[ID[kind]][i]), "reason": str(batch[ERROR][i])}
+                          for i in np.flatnonzero(~ok)]
+        stats.rejected += int((~ok).sum())
+        stats.placement.update(zip(batch["_pid"].tolist(), batch["_gpu_ids"].tolist(), batch["_device"].tolist()))
+        stats.preprocess_pids.update(batch["_prep_pid"].tolist())
+        stats.dim = int(batch["embedding"].shape[1])
+        return {k: batch[k][ok] for k in (*KEEP[kind], "embedding")}
+
+    def _release(self, held: list[dict[str, np.ndarray]], buffer: ShardBuffer | None) -> list[dict[str, np.ndarray]]:
+        """Write the held caption rows whose item is out of the pipeline (reject those of rejected
+        items); return the rows still waiting."""
+        waiting = []
+        for cols in held:
+            item = cols["item_id"]
+            wait = np.array([i in self._unresolved for i in item.tolist()], dtype=bool)
+            bad = np.array([i in self._bad_items for i in item.tolist()], dtype=bool) & ~wait
+            for cid in cols["caption_id"][bad].tolist():
+                self.rejected.append({"source": "captions", "id": str(cid), "reason": "item rejected"})
+            self.stats["captions"].rejected += int(bad.sum())
+            if wait.any():
+                waiting.append({k: v[wait] for k, v in cols.items()})
+            self._write(buffer, {k: v[~wait & ~bad] for k, v in cols.items()})
+        return waiting
+
+    def _write(self, buffer: ShardBuffer, cols: dict[str, np.ndarray]) -> None:
+        for info in buffer.add(cols):
             self._on_shard(info)
-        stats.embedded = buffer.written
-        stats.seconds = time.perf_counter() - t0
 
     def _on_shard(self, info: dict) -> None:
         self._since_upload += info["rows"]
@@ -184,11 +236,11 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  with_images: bool = False, image_options: Mapping[str, Any] | None = None,
                  mirror: str | None = None, upload_every: int | None = None, include_embeddings: bool = False,
                  hf_token: str | None = None, mirror_attempts: int = 4, mirror_backoff: float = 1.0,
-                 quiet: bool = False, use_gpu: bool = False,
+                 quiet: bool = False, use_gpu: bool = False, cpu_only: bool = False,
                  ray_init: Callable[[], Any] | None = None) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
-    ``batch_size``: rows per encoder call in both phases; None = per encoder (``e2i.cache.embed.BATCH_SIZES``:
+    ``cpu_only``: CPU actors even on a cluster with GPUs. ``batch_size``: rows per encoder call in both phases; None = per encoder (``e2i.cache.embed.BATCH_SIZES``:
     large batches for the cheap light encoders, 32 for models). ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
     interrupted run of the same split; prints the summary table unless ``quiet``. If Ray is not running,
     ``ray_init`` (default ``ray.init``) starts it once the output directory exists: an output that cannot
@@ -220,11 +272,13 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions}
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=shard_size, num_actors=num_actors,
                    extra=extra, mirror=mirror_obj, upload_every=upload_every,
-                   mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu)
+                   mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu,
+                   cpu_only=cpu_only)
     extra["batch_size"] = run.batch_sizes  # {"items": n, "captions": m}, recorded in the manifest
-    # [3] items first (captions of rejected items are then rejected, not embedded), then captions
-    run.phase("items", item_rows(data, writer, run.stats["items"]), MetaColumns(data.items))
-    run.phase("captions", caption_rows(data, writer, run.stats["captions"], run.rejected))
+    # [3] items and captions in one stream (items first; captions of items rejected on the way are rejected)
+    items = item_rows(data, writer, run.stats["items"])
+    captions = caption_rows(data, writer, run.stats["captions"], run.rejected, coming={r["item_id"] for r in items})
+    run.embed({"items": items, "captions": captions}, MetaColumns(data.items))
     # [4] the manifest last, then the pseudo-images and the final mirror sync
     manifest = run.finalize(complete=True)
     if manifest is None:

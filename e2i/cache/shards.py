@@ -141,9 +141,11 @@ def item_rows(data: Any, writer: Any, stats: PhaseStats) -> list[dict]:
     return rows
 
 
-def caption_rows(data: Any, writer: Any, stats: PhaseStats, rejected: list[dict]) -> list[dict]:
-    """Captions still to embed; captions of items that are not in the store are rejected instead."""
-    items, done = writer.existing_ids("items"), writer.existing_ids("captions")
+def caption_rows(data: Any, writer: Any, stats: PhaseStats, rejected: list[dict],
+                 coming: set[str] | frozenset = frozenset()) -> list[dict]:
+    """Captions still to embed; captions of items neither in the store nor ``coming`` (being embedded by
+    this run) are rejected instead."""
+    items, done = writer.existing_ids("items") | set(coming), writer.existing_ids("captions")
     rows = []
     for r in data.caption_rows():
         stats.total += 1

@@ -25,6 +25,7 @@ class PhaseStats:
     embedded: int = 0  # written to shards by this run
     rejected: int = 0  # rejected by this run (preprocess error, non-finite output, item rejected)
     seconds: float = 0.0
+    held: int = 0  # captions only: peak rows held on the driver until their item left the pipeline
     dim: int | None = None
     placement: set = field(default_factory=set)  # {(actor pid, gpu_ids, device)}
     preprocess_pids: set = field(default_factory=set)  # worker pids of the preprocess tasks
@@ -48,7 +49,7 @@ def run_summary(out: Path, dataset: str, data: Any, kind: str, run: Any, manifes
         "store": str(out), "dataset": dataset, "split": data.split, "corpus": kind,
         **{k: {"total": s.total, "skipped": s.skipped, "embedded": s.embedded, "rejected": s.rejected,
                "seconds": round(s.seconds, 3), "rows_per_s": round(s.embedded / s.seconds, 2) if s.seconds else None,
-               "dim": s.dim, "pool": s.pool, "preprocess_pids": sorted(s.preprocess_pids),
+               "dim": s.dim, "held": s.held, "pool": s.pool, "preprocess_pids": sorted(s.preprocess_pids),
                "placement": [{"pid": p, "gpu_ids": g, "device": d} for p, g, d in sorted(s.placement)]}
            for k, s in stats.items()},
         "rejected": {"corpus": len(data.rejected), "pipeline": sum(s.rejected for s in stats.values()),
@@ -58,7 +59,8 @@ def run_summary(out: Path, dataset: str, data: Any, kind: str, run: Any, manifes
         "batch_size": dict(run.batch_sizes),
         "seconds": round(time.perf_counter() - t_start, 3),
         "cluster": {"CPU": run.cluster.get("CPU", 0), "GPU": run.cluster.get("GPU", 0)},
-        "pool": resources_summary(pool_resources(run.cluster, num_actors=run.num_actors, use_gpu=run.use_gpu)),
+        "pool": resources_summary(pool_resources(run.cluster, num_actors=run.num_actors, use_gpu=run.use_gpu,
+                                                 cpu_only=run.cpu_only)),
         "images": images,
         "mirror": run.mirror_report.to_dict() if run.mirror_report is not None else None,
     }

@@ -181,14 +181,48 @@ def test_cpu_pool_keeps_preprocessing_in_separate_tasks(ray_local):
     rows = [{"caption_id": f"c{i}", "item_id": f"i{i}", "text": f"a dog barks {i} times"} for i in range(12)]
     rows.append({"caption_id": "empty", "item_id": "i0", "text": "  "})
     res = cache.pool_resources({"CPU": 2.0})
-    batches = list(cache.embed_stream(rows, get_encoder("ngram-hash", dim=64), "captions", batch_size=4,
-                                      resources=res))
+    batches = list(cache.embed_stream({"captions": rows}, {"captions": get_encoder("ngram-hash", dim=64)},
+                                      batch_sizes={"captions": 4}, resources=res))
     got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     assert sorted(got["caption_id"]) == sorted(r["caption_id"] for r in rows)
     assert got["embedding"].shape == (13, 64) and set(got["_gpu_ids"]) == {""}
     assert not set(got["_prep_pid"]) & set(got["_pid"])
     errors = dict(zip(got["caption_id"], got["error"]))
     assert errors["empty"] == "empty text" and all(e == "" for c, e in errors.items() if c != "empty")
+
+
+def test_one_cpu_pool_for_both_kinds_holds_captions_that_overtake_their_item(ray_local, toy_root, tmp_path,
+                                                                             monkeypatch):
+    """CPU pool (both kinds in one stream, one pool): the last item's block is slow and its embedding
+    non-finite, so a second actor embeds caption blocks meanwhile; the driver holds that item's
+    captions until the item is out, then rejects them ("item rejected"); every other row is stored."""
+    from e2i import encoders
+    from e2i.encoders import LogMelStatsEncoder
+
+    last = "toy_0039.wav"
+
+    class SlowLast(LogMelStatsEncoder):
+        def _embed(self, batch):
+            out = super()._embed(batch)
+            if last in batch["item_id"]:
+                time.sleep(6.0)  # the caption blocks overtake this block on the other actor
+                out[list(batch["item_id"]).index(last)] = np.nan
+            return out
+
+    monkeypatch.setitem(encoders.ENCODERS, "slow-last", SlowLast)
+    summary = cache.cache_corpus(toy_root, cache_dir=tmp_path, audio_encoder="slow-last", text_encoder="ngram-hash",
+                                 batch_size=8, num_actors=2, cpu_only=True, quiet=True)
+    assert summary["pool"] == {"actors": 2, "num_gpus": 0, "num_cpus": 0.5}
+    assert len({p["pid"] for p in summary["captions"]["placement"]}) == 2  # both actors embedded captions
+    assert summary["captions"]["held"] >= 1  # some of the last item's captions arrived before it
+    out = Path(summary["store"])
+    assert verify_store(out) == []
+    data = load_split(out)
+    assert last not in set(data.item_ids) and len(data.item_ids) == N_ITEMS - 1
+    assert not any(c.startswith(last) for c in data.caption_ids) and len(data.caption_ids) == 5 * (N_ITEMS - 1)
+    rej = pq.read_table(out / "rejected.parquet").to_pandas().set_index("id")["reason"]
+    assert rej[last] == "non-finite embedding"
+    assert all(rej[f"{last}#{k}"] == "item rejected" for k in range(1, 6))
 
 
 def test_embed_batch_rejects_non_finite_rows():
@@ -203,9 +237,9 @@ def test_embed_batch_rejects_non_finite_rows():
 
     enc = Overflowing(dim=16)
     texts = np.array(["a dog barks", "overflow", "", "rain"], dtype=object)
-    batch = cache.preprocess_batch({"caption_id": np.arange(4).astype(str), "item_id": np.zeros(4).astype(str),
-                                    "text": texts}, enc)
-    out = cache.EmbedBatch(enc, cache.KEEP["captions"])(batch)
+    batch = cache.preprocess_batch({"_kind": np.full(4, "captions", dtype=object), "caption_id": np.arange(4).astype(str),
+                                    "item_id": np.zeros(4).astype(str), "text": texts}, {"captions": enc})
+    out = cache.EmbedBatch({"captions": enc}, {"captions": 3})(batch)  # 2 encoder calls: 3 rows + 1
     assert list(out["error"]) == ["", "non-finite embedding", "empty text", ""]
     assert np.isfinite(out["embedding"]).all() and not out["embedding"][1:3].any()
     assert out["embedding"].shape == (4, 16) and list(out["text"]) == list(texts)
