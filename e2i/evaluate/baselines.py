@@ -93,13 +93,15 @@ def _stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a.mean(0), a.std(0) + 1e-8
 
 
-def _score(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarray) -> dict:
+def _score(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarray, relevance=None) -> dict:
     from e2i.evaluate.metrics import retrieval_metrics
 
     def unit(z):
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
-    return retrieval_metrics(unit(item_z).astype(np.float32), unit(cap_z).astype(np.float32), cap_item, ci=False)
+    extra = {"relevance": relevance} if relevance is not None else {}
+    return retrieval_metrics(unit(item_z).astype(np.float32), unit(cap_z).astype(np.float32), cap_item, ci=False,
+                             **extra)
 
 
 class _Fitted:
@@ -228,11 +230,14 @@ def run_baselines(
     pca_dim: int | None = None,
     max_train_pairs: int | None = 200_000,
     seed: int = 0,
+    relevance=None,
 ) -> dict[str, dict]:
     """``{method: metrics}`` of the closed-form baselines (module docstring), fitted on
     ``train_split`` and scored on ``test_split`` of ``dataset_dir``. ``cosine`` is absent when the
     dims differ. ``val_split`` (if it exists) picks the ridge alpha. ``max_train_pairs`` subsamples
-    train items (deterministically by ``seed``) so huge stores still fit in seconds."""
+    train items (deterministically by ``seed``) so huge stores still fit in seconds. ``relevance``
+    (an ``e2i.evaluate.relevance.Relevance`` over ``test_split``'s rows) scores text->item with the
+    same relevance lists as the trained head it is shown next to."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"unknown baseline method(s) {sorted(unknown)} (valid: {', '.join(METHODS)})")
@@ -271,7 +276,7 @@ def run_baselines(
         start = time.perf_counter()
         project, params = fitters[name](train, k)
         item_z, cap_z = project(test)
-        metrics = _score(item_z, cap_z, test.cap_item)
+        metrics = _score(item_z, cap_z, test.cap_item, relevance)
         metrics["seconds"] = time.perf_counter() - start
         metrics["params"] = params
         results[name] = metrics
@@ -297,14 +302,16 @@ def best_baseline_for_store(
     train_split: str = "train",
     val_split: str | None = "val",
     cache_path: str | os.PathLike | None = None,
+    relevance=None,
 ) -> dict | None:
     """The best closed-form baseline of ``store_dir`` scored on ``split``: ``{"name", "metrics",
     "store", "split"}`` (metrics: the retrieval_metrics keys), or None when the store has no
     ``train_split`` to fit on. With ``cache_path`` the result is read from / written to that JSON
-    (keyed by store and splits), so reports do not refit on every call."""
+    (keyed by store and splits), so reports do not refit on every call. With ``relevance`` (over
+    ``split``'s rows) text->item is scored with those lists; such results are not cached."""
     store_dir = os.fspath(store_dir).rstrip("/")
     key = {"store": store_dir, "split": split, "train_split": train_split}
-    cache = Path(cache_path) if cache_path and "://" not in os.fspath(cache_path) else None
+    cache = Path(cache_path) if cache_path and "://" not in os.fspath(cache_path) and relevance is None else None
     if cache is not None and cache.is_file():
         try:
             cached = json.loads(cache.read_text())
@@ -313,7 +320,8 @@ def best_baseline_for_store(
         except (OSError, ValueError):
             pass  # unreadable cache: refit below
     try:
-        results = run_baselines(store_dir, train_split=train_split, test_split=split, val_split=val_split)
+        results = run_baselines(store_dir, train_split=train_split, test_split=split, val_split=val_split,
+                                relevance=relevance)
     except ConfigError:
         return None  # e.g. no train split beside the evaluated one
     name, _ = best_baseline(results, PRIMARY)

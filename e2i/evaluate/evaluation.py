@@ -90,13 +90,14 @@ def load_relevance_for(split_data, *, relevance=None, relevance_from: str | None
     return None
 
 
-def store_baseline(store: str, split: str, cache_dir: Path | None = None) -> dict | None:
+def store_baseline(store: str, split: str, cache_dir: Path | None = None, relevance=None) -> dict | None:
     """{"name", "metrics"} of the best closed-form baseline on ``store``/``split`` (None when the store
-    has no train split); cached as ``<cache_dir>/baseline_<split>.json`` so re-evaluating is cheap."""
+    has no train split); cached as ``<cache_dir>/baseline_<split>.json`` so re-evaluating is cheap.
+    With ``relevance`` its text->item metrics use the same relevance lists as the head's (not cached)."""
     from e2i.evaluate.baselines import best_baseline_for_store
 
     cache = cache_dir / f"baseline_{split}.json" if cache_dir is not None else None
-    return best_baseline_for_store(store, split=split, cache_path=cache)
+    return best_baseline_for_store(store, split=split, cache_path=cache, relevance=relevance)
 
 
 def evaluate_run(
@@ -149,7 +150,7 @@ def evaluate_run(
         result["relevance"] = {"source": str(relevance or f"items' {relevance_from}"), "pairs": len(rel.query),
                                "queries": int(len(np.unique(rel.query)))}
     out = Path(output_dir) if output_dir else run_dir / RESULTS_DIR
-    best = store_baseline(cfg.data.store, split, out) if baseline else None
+    best = store_baseline(cfg.data.store, split, out, relevance=rel) if baseline else None
     if best is not None:
         result["baseline"] = {"name": best["name"], "metrics": _jsonable(best["metrics"])}
     out.mkdir(parents=True, exist_ok=True)

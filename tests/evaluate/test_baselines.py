@@ -125,3 +125,25 @@ def test_best_baseline_for_store_caches_and_compares(easy_store, easy_results, t
     assert not wins["loses"] and "beats" in verdict_line(wins)
     assert best_baseline_for_store(easy_store, "test", train_split="nope") is None
     assert "n/a" in verdict_line(None)
+
+
+def test_baseline_with_relevance_scores_text_to_item_with_the_same_lists(easy_store):
+    """With a relevance file the head's text->item metrics count every listed item; the baseline shown
+    beside them must too (it used to stay single-relevance, so the two numbers were not comparable)."""
+    from e2i.evaluate.baselines import best_baseline_for_store
+    from e2i.evaluate.relevance import Relevance
+    from e2i.store import load_split
+
+    test = load_split(f"{easy_store}/test", with_text=False)
+    m = len(test.caption_item)
+    # each caption: its own item and the item after it are relevant
+    rel = Relevance(query=np.repeat(np.arange(m), 2),
+                    item=np.stack([test.caption_item, (test.caption_item + 1) % test.num_items], 1).ravel())
+    plain = best_baseline_for_store(easy_store, "test")
+    graded = best_baseline_for_store(easy_store, "test", relevance=rel)
+    assert "text_to_item/mAP@16" in graded["metrics"] and "text_to_item/mAP@16" not in plain["metrics"]
+    name = graded["name"]
+    direct = run_baselines(easy_store, methods=(name,), relevance=rel)[name]
+    single = run_baselines(easy_store, methods=(name,))[name]
+    assert graded["metrics"]["text_to_item/mAP@10"] == pytest.approx(direct["text_to_item/mAP@10"])
+    assert graded["metrics"]["item_to_text/recall@1"] == pytest.approx(single["item_to_text/recall@1"])
