@@ -137,9 +137,10 @@ class EmbedBatch:
 
 
 def _cpu_threads() -> None:
-    """torch's intra-op threads = this actor's whole CPUs (at least 1), when torch is loaded. A fractional
-    CPU actor next to the preprocess tasks otherwise runs ``OMP_NUM_THREADS`` (or all cores') threads
-    that spin against them: on 2 cores, 2 threads doubled the actor's CPU time for the same work."""
+    """torch's intra-op threads = this worker's whole CPUs (at least 1), once torch is loaded. The
+    preprocess tasks and a fractional-CPU actor run side by side; with ``OMP_NUM_THREADS`` (or all
+    cores') threads each, they spin against each other: on 2 cores, 2 threads per process doubled the
+    actor's CPU time for the same work and made the whole run ~40 % slower."""
     import sys
 
     torch = sys.modules.get("torch")
@@ -148,11 +149,14 @@ def _cpu_threads() -> None:
     import ray
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
+    threads = max(1, int(cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The CPU-task stage: the block's encoder's ``preprocess`` + ``_prep_pid`` (which worker decoded)."""
+    _cpu_threads()
     out = encoders[str(batch[KIND][0])].preprocess(batch)  # keeps the input columns, KIND among them
     out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
     return out
