@@ -143,11 +143,11 @@ def _cpu_threads() -> None:
     actor's CPU time for the same work and made the whole run ~40 % slower."""
     import sys
 
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
     import ray
 
+    torch = sys.modules.get("torch")
+    if torch is None or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return  # no torch yet, or not a Ray worker (the UDFs called in-process, as tests do)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = max(1, int(cpus))
     if torch.get_num_threads() != threads:

@@ -108,6 +108,8 @@ class CacheRun:
         self.mirror, self.upload_every, self.mirror_embeddings = mirror, upload_every, mirror_embeddings
         self.mirror_report = None
         self._since_upload = 0
+        self._unresolved: set[str] = set()  # items of this run not yet out of the pipeline
+        self._bad_items: set[str] = set()  # items of this run rejected on the way
 
     def embed(self, work: dict[str, list[dict]], meta: MetaColumns | None = None) -> None:
         """Embed ``work`` ({"items": rows, "captions": rows}) in one stream and write the shards.
@@ -129,8 +131,8 @@ class CacheRun:
                                   self.encoders[k].manifest_entry()) for k in work}
         for k in work:
             self.stats[k].pool = resources_summary(res)
-        self._unresolved = {str(r["item_id"]) for r in work.get("items", [])}  # items still in the pipeline
-        self._bad_items: set[str] = set()
+        self._unresolved = {str(r["item_id"]) for r in work.get("items", [])}
+        self._bad_items = set()
         held: list[dict[str, np.ndarray]] = []  # caption rows waiting for their item
         t_items = t0
         for batch in embed_stream(work, self.encoders, batch_sizes=self.batch_sizes, resources=res):

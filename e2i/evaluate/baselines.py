@@ -99,9 +99,8 @@ def _score(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarray, relevanc
     def unit(z):
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
-    extra = {"relevance": relevance} if relevance is not None else {}
-    return retrieval_metrics(unit(item_z).astype(np.float32), unit(cap_z).astype(np.float32), cap_item, ci=False,
-                             **extra)
+    extra = {"relevance": relevance} if relevance is not None else {}  # text->item with the head's lists
+    return retrieval_metrics(unit(item_z).astype(np.float32), unit(cap_z).astype(np.float32), cap_item, ci=False, **extra)
 
 
 class _Fitted:
@@ -236,8 +235,7 @@ def run_baselines(
     ``train_split`` and scored on ``test_split`` of ``dataset_dir``. ``cosine`` is absent when the
     dims differ. ``val_split`` (if it exists) picks the ridge alpha. ``max_train_pairs`` subsamples
     train items (deterministically by ``seed``) so huge stores still fit in seconds. ``relevance``
-    (an ``e2i.evaluate.relevance.Relevance`` over ``test_split``'s rows) scores text->item with the
-    same relevance lists as the trained head it is shown next to."""
+    (a ``Relevance`` over ``test_split``'s rows) scores text->item with the head's relevance lists."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"unknown baseline method(s) {sorted(unknown)} (valid: {', '.join(METHODS)})")
@@ -307,8 +305,7 @@ def best_baseline_for_store(
     """The best closed-form baseline of ``store_dir`` scored on ``split``: ``{"name", "metrics",
     "store", "split"}`` (metrics: the retrieval_metrics keys), or None when the store has no
     ``train_split`` to fit on. With ``cache_path`` the result is read from / written to that JSON
-    (keyed by store and splits), so reports do not refit on every call. With ``relevance`` (over
-    ``split``'s rows) text->item is scored with those lists; such results are not cached."""
+    (keyed by store and splits), so reports do not refit on every call; not with ``relevance``."""
     store_dir = os.fspath(store_dir).rstrip("/")
     key = {"store": store_dir, "split": split, "train_split": train_split}
     cache = Path(cache_path) if cache_path and "://" not in os.fspath(cache_path) and relevance is None else None
@@ -360,10 +357,8 @@ def print_table(results: dict[str, dict], title: str = "closed-form baselines") 
 
     best = best_baseline(results)[0] if results else None
     table = Table(title=title)
-    table.add_column("method", justify="left")
-    for header, _ in TABLE_COLUMNS:
-        table.add_column(header, justify="right")
-    table.add_column("seconds", justify="right")
+    for header, justify in (("method", "left"), *((h, "right") for h, _ in TABLE_COLUMNS), ("seconds", "right")):
+        table.add_column(header, justify=justify)
     for name, m in results.items():
         label = f"{name} *" if name == best else name
         table.add_row(label, *(f"{m[key]:.4f}" for _, key in TABLE_COLUMNS), f"{m['seconds']:.2f}")
@@ -374,10 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DATASET_DIR", help="a dataset directory holding the split directories")
     parser.add_argument("--train-split", default="train", help="split the baselines are fitted on (default: train)")
     parser.add_argument("--test-split", default="test", help="split they are scored on (default: test)")
-    parser.add_argument("--val-split", default="val",
-                        help="split that picks the ridge alpha if present (default: val; else 20%% of train)")
-    parser.add_argument("--components", type=int, default=16,
-                        help="CCA/PLS components (capped by the dims and train pairs; default 16)")
+    parser.add_argument("--val-split", default="val", help="split that picks the ridge alpha if present (default: val; else 20%% of train)")
+    parser.add_argument("--components", type=int, default=16, help="CCA/PLS components (capped by the dims and train pairs; default 16)")
     parser.add_argument("--json", dest="out", metavar="PATH", help=f"where to write the results (default: DATASET_DIR/{RESULTS_FILE})")
 
 

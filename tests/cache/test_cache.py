@@ -213,8 +213,7 @@ def test_one_cpu_pool_for_both_kinds_holds_captions_that_overtake_their_item(ray
     summary = cache.cache_corpus(toy_root, cache_dir=tmp_path, audio_encoder="slow-last", text_encoder="ngram-hash",
                                  batch_size=8, num_actors=2, cpu_only=True, quiet=True)
     assert summary["pool"] == {"actors": 2, "num_gpus": 0, "num_cpus": 0.5}
-    assert len({p["pid"] for p in summary["captions"]["placement"]}) == 2  # both actors embedded captions
-    assert summary["captions"]["held"] >= 1  # some of the last item's captions arrived before it
+    assert summary["captions"]["held"] >= 1  # captions embedded by the other actor arrived before their item
     out = Path(summary["store"])
     assert verify_store(out) == []
     data = load_split(out)
