@@ -162,14 +162,20 @@ def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) 
     return out
 
 
+def block_rows(n: int, batch_size: int) -> int:
+    """Rows per input block of a kind with ``n`` rows: ``batch_size``, more if that would exceed
+    :data:`MAX_BLOCKS` blocks."""
+    return max(batch_size, math.ceil(n / MAX_BLOCKS))
+
+
 def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int]) -> list:
-    """Arrow tables of the rows to embed, kind by kind in ``work``'s order (items first): ``batch_size``
-    rows per block (more if a kind would exceed :data:`MAX_BLOCKS` blocks), columns ``KIND`` + KEEP[kind]."""
+    """Arrow tables of the rows to embed, kind by kind in ``work``'s order (items first): :func:`block_rows`
+    rows per block, columns ``KIND`` + KEEP[kind]."""
     import pyarrow as pa
 
     blocks = []
     for kind, rows in work.items():
-        size = max(batch_sizes[kind], math.ceil(len(rows) / MAX_BLOCKS))
+        size = block_rows(len(rows), batch_sizes[kind])
         for lo in range(0, len(rows), size):
             part = rows[lo:lo + size]
             cols = {KIND: pa.array([kind] * len(part), pa.string())}

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from e2i.cache.embed import ERROR, ID, KEEP, KIND, batch_size_for, embed_stream, pool_resources
+from e2i.cache.embed import ERROR, ID, KEEP, KIND, batch_size_for, block_rows, embed_stream, pool_resources
 from e2i.cache.images import export_split
 from e2i.cache.shards import (
     MetaColumns,
@@ -124,7 +124,7 @@ class CacheRun:
         work = {k: rows for k, rows in work.items() if rows}
         if not work:
             return
-        blocks = sum(math.ceil(len(rows) / self.batch_sizes[k]) for k, rows in work.items())
+        blocks = sum(math.ceil(len(rows) / block_rows(len(rows), self.batch_sizes[k])) for k, rows in work.items())
         res = pool_resources(self.cluster, num_actors=self.num_actors, use_gpu=self.use_gpu,
                              cpu_only=self.cpu_only, num_batches=blocks)
         buffers = {k: ShardBuffer(self.writer, k, self.shard_size, meta if k == "items" else None,
