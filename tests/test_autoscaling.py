@@ -85,18 +85,19 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         # min_workers is 0 for every worker type: only the head is up before any work arrives.
         assert wait_for(lambda: node_types(head), timeout=240, what="the first autoscaler report") == {HEAD: 1}
 
-        # 1) e2i cache --use-gpu: 2 embedding actors x 1 GPU per phase (items, captions), on gpu_1x nodes
+        # 1) e2i cache --use-gpu: one pool of 2 embedding actors x 1 GPU for items and captions, on gpu_1x nodes
         cache = head.run([E2I, "cache", "--metadata", str(corpus), "--split", "development",
                           "--cache-dir", str(tmp_path / "stores"), "--audio-encoder", "logmel-stats",
                           "--text-encoder", "ngram-hash", "--use-gpu", "--num-actors", "2", "--batch-size", "4"],
                          timeout=400)
         assert cache.returncode == 0, f"e2i cache failed:\n{cache.stdout[-3000:]}\n{cache.stderr[-5000:]}"
         assert "pool 2 actor(s) x 1 GPU / 1.0 CPU" in cache.stdout, cache.stdout[-3000:]
+        assert "run capped at 8 CPUs, 2 GPUs" in cache.stdout, cache.stdout[-3000:]
         manifest = json.loads((tmp_path / "stores" / "toy" / "development" / "manifest.json").read_text())
         assert (manifest["counts"]["items"], manifest["counts"]["captions"]) == (20, 100), manifest["counts"]
         kinds = node_type_names(head, cfg)
         embedders = _actors(head, "MapWorker(MapBatches(EmbedBatch))")
-        assert len(embedders) == 4, embedders  # 2 per phase
+        assert len(embedders) == 2, embedders  # one pool for both kinds (not one per phase)
         assert all(a["required_resources"].get("GPU") == 1 for a in embedders), embedders
         # An actor the pool asked for while its GPU node was still launching may end (DEAD, never
         # placed: node_id None) when a phase with a single input block is done by the other actor.
@@ -105,6 +106,12 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         assert {kinds[a["node_id"]] for a in placed} == {"gpu_1x"}, (embedders, kinds)
         assert len({a["node_id"] for a in placed}) >= 2, embedders  # one GPU per gpu_1x node
         assert "gpu_4x" not in kinds.values(), kinds
+        # Exactly the pool's two gpu_1x nodes: one pool for both kinds (a second pool asking for GPUs while
+        # the first still held them got nodes of its own), decode tasks within 2 x 4 CPUs
+        # (e2i.cache.embed.CPUS_PER_GPU), and no 1-CPU metadata task per input block (ray.data.from_arrow's:
+        # 30 pending tasks got two gpu_4x nodes). CI once saw 6 gpu_1x and a gpu_4x for this run.
+        assert [e for e in head.autoscaler_events() if e[0] == "add"] == [("add", "gpu_1x", 2)], \
+            head.autoscaler_events()
 
         # 2) e2i finetune --num-workers 4 --use-gpu: one STRICT_PACK gang of 4 x 1 GPU -> one gpu_4x
         out = tmp_path / "runs"
@@ -133,10 +140,9 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
                  what="idle worker nodes to be terminated")
         events = head.autoscaler_events()
 
-    # What the autoscaler did, in order. Caching added only gpu_1x nodes, at least one per GPU actor
-    # (Ray Data also requests CPUs for its preprocess tasks: cluster.yaml has no CPU-only worker type,
-    # so those are gpu_1x too, never the 4-GPU machine); fine-tuning added exactly one gpu_4x; every
-    # node added was removed as idle.
+    # What the autoscaler did, in order. Caching added only gpu_1x nodes, one per GPU actor (the
+    # preprocess tasks' CPUs fit on them: the run is capped at 4 CPUs per GPU actor, and cluster.yaml has
+    # no CPU-only worker type); fine-tuning added exactly one gpu_4x; every node added was removed as idle.
     added = [(kind, n) for verb, kind, n in events if verb == "add"]
     first_4x = next(i for i, (kind, _) in enumerate(added) if kind == "gpu_4x")
     assert {kind for kind, _ in added[:first_4x]} == {"gpu_1x"}, events

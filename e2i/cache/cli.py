@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 
+from e2i.cache.embed import CPUS_PER_GPU
 from e2i.cache.image_export import add_image_options, image_options
 from e2i.cache.pipeline import DEFAULTS, LIGHT, cache_corpus
 from e2i.errors import ConfigError
@@ -95,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--use-gpu", action="store_true",
       help="always request 1 GPU per actor, even before GPU nodes are up (autoscaling clusters)")
     a("--cpu-only", action="store_true", help="embed on CPU actors even if the cluster has GPUs (light encoders)")
+    a("--cpus-per-gpu", type=float, default=None,
+      help="with GPU actors: CPUs the run may use per actor, decoding included; Ray Data asks the autoscaler "
+           f"for no more (default: {CPUS_PER_GPU:g}, a g5.xlarge)")
     a("--shard-size", type=int, default=10_000, help="rows per store shard, the unit of resume (default: 10000)")
     a("--with-images", action="store_true",
       help="also write pseudo-images of the embeddings under <split>/pseudo_images/ (e2i.cache.images)")
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, audio_encoder=args.audio_encoder, text_encoder=args.text_encoder,
         image_encoder=args.image_encoder, encoder_options=encoder_options_from_args(args),
         curate_captions=args.curate_captions, num_actors=args.num_actors, shard_size=args.shard_size,
-        use_gpu=args.use_gpu, cpu_only=args.cpu_only, with_images=args.with_images,
+        use_gpu=args.use_gpu, cpu_only=args.cpu_only, cpus_per_gpu=args.cpus_per_gpu, with_images=args.with_images,
         image_options=image_options(args), mirror=mirror, upload_every=args.upload_every,
         include_embeddings=args.include_embeddings, hf_token=hf_token,
         ray_init=lambda: _init_ray(args.ray_address, args.num_cpus))

@@ -1,7 +1,7 @@
 """The Ray Data stages of `e2i cache`: rows of both kinds -> preprocess CPU tasks -> one embedding actor
 pool -> batches.
 
-    ray.data.from_arrow(blocks)  items blocks first, then caption blocks (``_kind`` column per block)
+    ray.data.from_items(block specs)  items blocks first, then caption blocks (one kind per block)
       ─▶ map_batches(preprocess_batch)   CPU tasks: decode / resample / tokenise with the block's encoder
       ─▶ map_batches(EmbedBatch, ActorPoolStrategy)   one pool for both kinds: each actor loads an
          encoder the first time a block of its kind arrives and keeps it
@@ -10,8 +10,11 @@ pool -> batches.
 One pipeline for items and captions: the pool starts once per run (an actor's start-up, importing torch
 and loading the encoder, costs seconds: per phase it was most of a small run), and the captions'
 blocks queue right behind the items' ones instead of waiting for a second executor. Each block holds
-rows of one kind; blocks are never merged (``batch_size=None``), so a batch is one block, and the actor
-splits a block larger than the encoder's batch size into encoder calls of that size.
+rows of one kind; blocks are never merged (CPU pools: ``batch_size=None``, a batch is one block; GPU
+pools: a batch size no block is smaller than, see :func:`embed_stream`), and the actor splits a block
+larger than the encoder's batch size into encoder calls of that size. GPU and CPU pools alike start
+once per run: a second pool asking for the GPUs while the first still held them made an autoscaling
+cluster add nodes for it.
 
 Owns the batch columns (``KEEP`` store columns per kind, ``ERROR``, ``KIND``) and the pool's resource
 request (:func:`pool_resources`). Ray is imported inside the functions that run it, so importing this is
@@ -20,6 +23,7 @@ light.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -32,6 +36,7 @@ from e2i.errors import ConfigError
 ERROR = "error"  # "" for a good row, else why it is rejected
 KEEP = {"items": ("item_id", "path"), "captions": ("caption_id", "item_id", "text")}  # store columns per kind
 ID = {"items": "item_id", "captions": "caption_id"}
+SPEC_COLUMNS = ("item_id", "path", "caption_id", "text")  # block specs carry both kinds' columns
 KIND = "_kind"  # "items" | "captions": which encoder a block is for
 MAX_BLOCKS = 2000  # cap on input blocks per kind: batch_size rows per block, without millions of tiny tasks
 # Rows per encoder call when --batch-size is not given. A Ray Data task/actor call costs milliseconds;
@@ -39,6 +44,11 @@ MAX_BLOCKS = 2000  # cap on input blocks per kind: batch_size rows per block, wi
 # task overhead: cheap encoders get large batches. Model encoders keep 32 (memory, GPU batch).
 BATCH_SIZES = {"ngram-hash": 2048, "logmel-stats": 64, "image-stats": 64}
 DEFAULT_BATCH_SIZE = 32
+# CPUs a GPU run may use per GPU actor (the actor's own CPU + decoding tasks): a g5/g6.xlarge has 4 vCPUs
+# per GPU. Ray Data's cluster autoscaler otherwise asks for twice the measured throughput every 10 s; the
+# CPU-only decode stage behind a fixed-size GPU pool then grows without bound (measured on the fake
+# autoscaling cluster: 6 gpu_1x nodes and a 4-GPU machine for a 2-actor pool).
+CPUS_PER_GPU = 4.0
 
 
 def batch_size_for(encoder: Any, requested: int | None = None) -> int:
@@ -116,6 +126,8 @@ class EmbedBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)
         kind = str(batch[KIND][0])
+        if (batch[KIND] != kind).any():  # embed_stream's bundling guarantees one kind per batch
+            raise RuntimeError(f"EmbedBatch: a batch mixes kinds {sorted(set(batch[KIND].tolist()))}")
         encoder = self.encoders[kind]
         if kind not in self.loaded:
             encoder.load(self.device)
@@ -155,56 +167,103 @@ def _cpu_threads() -> None:
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The CPU-task stage: the block's encoder's ``preprocess`` + ``_prep_pid`` (which worker decoded)."""
+    """The CPU-task stage: a block spec's rows (:func:`expand_block`), the kind's encoder's ``preprocess``,
+    and ``_prep_pid`` (which worker decoded)."""
     _cpu_threads()
+    if "caption_id" in batch and "path" in batch:  # a block spec (input_blocks), not rows yet
+        batch = expand_block(batch)
     out = encoders[str(batch[KIND][0])].preprocess(batch)  # keeps the input columns, KIND among them
     out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
     return out
 
 
+def execution_limits(resources: Mapping[str, Any], cpus_per_gpu: float | None = None) -> dict[str, float] | None:
+    """Ray Data ``resource_limits`` for a run with the pool ``resources`` (:func:`pool_resources`): a GPU
+    pool of N actors may use N GPUs and ``N x cpus_per_gpu`` CPUs (default :data:`CPUS_PER_GPU`), so the
+    cluster autoscaler is asked for the pool's nodes and no more; None (no limit) for CPU pools."""
+    if not resources.get("num_gpus"):
+        return None
+    per_gpu = CPUS_PER_GPU if cpus_per_gpu is None else float(cpus_per_gpu)
+    if per_gpu < 1:
+        raise ConfigError(f"--cpus-per-gpu: must be >= 1, got {per_gpu:g}")
+    n = resources["compute"].max_size  # the pool's fixed size
+    return {"cpu": n * per_gpu, "gpu": float(n)}
+
+
 def block_rows(n: int, batch_size: int) -> int:
     """Rows per input block of a kind with ``n`` rows: ``batch_size``, more if that would exceed
-    :data:`MAX_BLOCKS` blocks."""
+    :data:`MAX_BLOCKS` blocks (:func:`input_blocks` then spreads the remainder over the blocks)."""
     return max(batch_size, math.ceil(n / MAX_BLOCKS))
 
 
-def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int]) -> list:
-    """Arrow tables of the rows to embed, kind by kind in ``work``'s order (items first): :func:`block_rows`
-    rows per block, columns ``KIND`` + KEEP[kind]."""
-    import pyarrow as pa
+def num_blocks(n: int, batch_size: int) -> int:
+    """Input blocks of a kind with ``n`` rows: ``n // block_rows`` (at least 1), so every block has at least
+    ``block_rows`` rows (fewer only when the kind has fewer rows) and less than twice that."""
+    return max(1, n // block_rows(n, batch_size)) if n else 0
 
-    blocks = []
+
+def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The rows to embed as block specs, kind by kind in ``work``'s order (items first): :func:`num_blocks`
+    specs per kind of near-equal size, each ``{KIND: kind, column: [values]}`` for every column of
+    :data:`SPEC_COLUMNS` (empty lists for the other kind's). One spec is one Ray Data row and one block;
+    :func:`expand_block` turns it into the block's rows in the decode task."""
+    specs = []
     for kind, rows in work.items():
-        size = block_rows(len(rows), batch_sizes[kind])
-        for lo in range(0, len(rows), size):
-            part = rows[lo:lo + size]
-            cols = {KIND: pa.array([kind] * len(part), pa.string())}
-            cols.update({k: pa.array([str(r[k]) for r in part], pa.string()) for k in KEEP[kind]})
-            blocks.append(pa.table(cols))
-    return blocks
+        k = num_blocks(len(rows), batch_sizes[kind])
+        bounds = [i * len(rows) // k for i in range(k + 1)] if k else []  # k near-equal slices
+        for lo, hi in itertools.pairwise(bounds):
+            part = rows[lo:hi]
+            specs.append({KIND: kind, **{c: [str(r[c]) for r in part] if c in KEEP[kind] else []
+                                         for c in SPEC_COLUMNS}})
+    return specs
+
+
+def expand_block(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Block specs (:func:`input_blocks`; one kind) -> the rows: ``KIND`` + KEEP[kind] columns, (B,) each."""
+    kind = str(batch[KIND][0])
+    cols = {c: np.array([v for spec in batch[c] for v in spec], dtype=object) for c in KEEP[kind]}
+    cols[KIND] = np.full(len(cols[ID[kind]]), kind, dtype=object)
+    return cols
 
 
 def embed_stream(work: Mapping[str, list[dict]], encoders: Mapping[str, Any], *, batch_sizes: Mapping[str, int],
-                 resources: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+                 resources: dict[str, Any], limits: Mapping[str, float] | None = None,
+                 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield embedded numpy batches (see :class:`EmbedBatch`; ``KIND`` says which) for ``work``
     ({kind: rows}), streaming, through one actor pool for every kind.
 
-    GPU pools run one dataset per kind, one after the other: Ray Data requires a ``batch_size`` for
-    GPU stages, and with one it bundles consecutive blocks, which would concatenate the last items
-    block with the first caption block.
+    Every batch must hold one kind. CPU pools never merge blocks (``batch_size=None``: a batch is a
+    block). GPU stages need a ``batch_size``, and Ray Data then bundles consecutive blocks until a bundle
+    has that many rows: with the smallest block's row count as the batch size, every block fills a bundle
+    on its own (:func:`input_blocks` gives each block at least that many rows, and the preprocess stage
+    outputs one block per block: no size-based splitting, ``target_max_block_size=None``), so the last
+    items block is never bundled with the first caption block. ``limits`` ({"cpu", "gpu"},
+    :func:`execution_limits`) caps what the run may use, and so what Ray Data asks the cluster autoscaler for.
     """
     import ray.data
 
+    specs = input_blocks(work, batch_sizes)
+    if not specs:
+        return
+    encs = {k: encoders[k] for k in work}
     gpu = bool(resources.get("num_gpus"))
-    for group in ([{k: rows} for k, rows in work.items()] if gpu else [dict(work)]):
-        blocks = input_blocks(group, batch_sizes)
-        if not blocks:
-            continue
-        encs = {k: encoders[k] for k in group}
-        step = batch_sizes[next(iter(group))] if gpu else None  # GPU: one kind, rows per call
-        ds = ray.data.from_arrow(blocks)
-        ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoders": encs}, batch_size=None, batch_format="numpy",
-                            num_cpus=1)
-        ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes)},
-                            batch_size=step, batch_format="numpy", **resources)
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    step = min(len(b[ID[b[KIND]]]) for b in specs) if gpu else None  # GPU: rows per actor call, <= any block
+    # One spec per block, built on the driver: ray.data.from_arrow would run one 1-CPU metadata task per
+    # block, which on a cluster scaled to zero is a demand for as many CPUs (measured: 30 blocks -> two
+    # 16-CPU nodes added). The dataset gets its own copy of the DataContext, changed below.
+    ds = ray.data.from_items(specs, override_num_blocks=len(specs))
+    if gpu:
+        ds.context.target_max_block_size = None  # one output block per input block (one kind each)
+    decode: dict[str, Any] = {}
+    if limits:
+        ds.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(**limits)
+        # The limit alone does not stop Ray Data from submitting every decode task at once on a cluster
+        # scaled to zero (no CPUs yet: measured, 30 pending 1-CPU tasks -> two 16-CPU nodes added); at most
+        # the CPUs the actors leave under the limit run (or wait) at a time.
+        actor_cpus = resources["compute"].max_size * resources.get("num_cpus", 1.0)
+        decode["compute"] = ray.data.TaskPoolStrategy(size=max(1, int(limits["cpu"] - actor_cpus)))
+    ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoders": encs}, batch_size=None, batch_format="numpy",
+                        num_cpus=1, **decode)
+    ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes)},
+                        batch_size=step, batch_format="numpy", **resources)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")

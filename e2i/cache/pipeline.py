@@ -39,7 +39,6 @@ points at a stored item.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +47,17 @@ from typing import Any
 
 import numpy as np
 
-from e2i.cache.embed import ERROR, ID, KEEP, KIND, batch_size_for, block_rows, embed_stream, pool_resources
+from e2i.cache.embed import (
+    ERROR,
+    ID,
+    KEEP,
+    KIND,
+    batch_size_for,
+    embed_stream,
+    execution_limits,
+    num_blocks,
+    pool_resources,
+)
 from e2i.cache.images import export_split
 from e2i.cache.shards import (
     MetaColumns,
@@ -95,13 +104,14 @@ class CacheRun:
 
     def __init__(self, writer: Any, encoders: dict[str, Any], *, batch_size: int | None, shard_size: int,
                  num_actors: int | None, extra: dict, mirror: Any = None, upload_every: int | None = None,
-                 mirror_embeddings: bool = True, use_gpu: bool = False, cpu_only: bool = False) -> None:
+                 mirror_embeddings: bool = True, use_gpu: bool = False, cpu_only: bool = False,
+                 cpus_per_gpu: float | None = None) -> None:
         import ray
 
         self.writer, self.encoders, self.extra = writer, encoders, extra
         self.batch_sizes = {k: batch_size_for(enc, batch_size) for k, enc in encoders.items()}  # per phase
         self.shard_size, self.num_actors = shard_size, num_actors
-        self.use_gpu, self.cpu_only = use_gpu, cpu_only
+        self.use_gpu, self.cpu_only, self.cpus_per_gpu = use_gpu, cpu_only, cpus_per_gpu
         self.cluster = ray.cluster_resources()
         self.stats = {k: PhaseStats(k) for k in ("items", "captions")}
         self.rejected: list[dict] = []  # pipeline rejects not yet in rejected.parquet
@@ -124,18 +134,19 @@ class CacheRun:
         work = {k: rows for k, rows in work.items() if rows}
         if not work:
             return
-        blocks = sum(math.ceil(len(rows) / block_rows(len(rows), self.batch_sizes[k])) for k, rows in work.items())
+        blocks = sum(num_blocks(len(rows), self.batch_sizes[k]) for k, rows in work.items())
         res = pool_resources(self.cluster, num_actors=self.num_actors, use_gpu=self.use_gpu,
                              cpu_only=self.cpu_only, num_batches=blocks)
         buffers = {k: ShardBuffer(self.writer, k, self.shard_size, meta if k == "items" else None,
                                   self.encoders[k].manifest_entry()) for k in work}
         for k in work:
-            self.stats[k].pool = resources_summary(res)
+            self.stats[k].pool = resources_summary(res, self.cpus_per_gpu)
         self._unresolved = {str(r["item_id"]) for r in work.get("items", [])}
         self._bad_items = set()
         held: list[dict[str, np.ndarray]] = []  # caption rows waiting for their item
         t_items = t0
-        for batch in embed_stream(work, self.encoders, batch_sizes=self.batch_sizes, resources=res):
+        limits = execution_limits(res, self.cpus_per_gpu)  # GPU pools: N GPUs, N x cpus_per_gpu CPUs
+        for batch in embed_stream(work, self.encoders, batch_sizes=self.batch_sizes, resources=res, limits=limits):
             kind = str(batch[KIND][0])
             good = self._good_rows(kind, batch)
             if kind == "items":
@@ -239,10 +250,11 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  mirror: str | None = None, upload_every: int | None = None, include_embeddings: bool = False,
                  hf_token: str | None = None, mirror_attempts: int = 4, mirror_backoff: float = 1.0,
                  quiet: bool = False, use_gpu: bool = False, cpu_only: bool = False,
-                 ray_init: Callable[[], Any] | None = None) -> dict:
+                 cpus_per_gpu: float | None = None, ray_init: Callable[[], Any] | None = None) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
-    ``cpu_only``: CPU actors even on a cluster with GPUs. ``batch_size``: rows per encoder call in both phases; None = per encoder (``e2i.cache.embed.BATCH_SIZES``:
+    ``cpu_only``: CPU actors even on a cluster with GPUs. ``cpus_per_gpu``: with GPU actors, the run uses at
+    most this many CPUs per actor (default ``e2i.cache.embed.CPUS_PER_GPU``), also in autoscaling requests. ``batch_size``: rows per encoder call in both phases; None = per encoder (``e2i.cache.embed.BATCH_SIZES``:
     large batches for the cheap light encoders, 32 for models). ``encoder_options`` maps a modality ("audio", "image", "text") to ``get_encoder`` options. Resumes an
     interrupted run of the same split; prints the summary table unless ``quiet``. If Ray is not running,
     ``ray_init`` (default ``ray.init``) starts it once the output directory exists: an output that cannot
@@ -275,7 +287,7 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=shard_size, num_actors=num_actors,
                    extra=extra, mirror=mirror_obj, upload_every=upload_every,
                    mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu,
-                   cpu_only=cpu_only)
+                   cpu_only=cpu_only, cpus_per_gpu=cpus_per_gpu)
     extra["batch_size"] = run.batch_sizes  # {"items": n, "captions": m}, recorded in the manifest
     # [3] items and captions in one stream (items first; captions of items rejected on the way are rejected)
     items = item_rows(data, writer, run.stats["items"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2i.cache.embed import pool_resources
+from e2i.cache.embed import execution_limits, pool_resources
 
 
 @dataclass
@@ -32,10 +32,12 @@ class PhaseStats:
     pool: dict | None = None  # what the actor pool requested: actors, num_gpus, num_cpus
 
 
-def resources_summary(res: dict[str, Any]) -> dict[str, Any]:
-    """The pool of :func:`e2i.cache.embed.pool_resources` kwargs: actors, num_gpus, num_cpus per actor."""
+def resources_summary(res: dict[str, Any], cpus_per_gpu: float | None = None) -> dict[str, Any]:
+    """The pool of :func:`e2i.cache.embed.pool_resources` kwargs: actors, num_gpus, num_cpus per actor, and
+    the run's Ray Data resource limits (``limits``: {"cpu", "gpu"} for GPU pools, else None)."""
     c = res["compute"]
-    return {"actors": c.max_size, "num_gpus": res.get("num_gpus", 0), "num_cpus": res.get("num_cpus", 1.0)}
+    return {"actors": c.max_size, "num_gpus": res.get("num_gpus", 0), "num_cpus": res.get("num_cpus", 1.0),
+            "limits": execution_limits(res, cpus_per_gpu)}
 
 
 def run_summary(out: Path, dataset: str, data: Any, kind: str, run: Any, manifest: dict, t_start: float,
@@ -60,7 +62,7 @@ def run_summary(out: Path, dataset: str, data: Any, kind: str, run: Any, manifes
         "seconds": round(time.perf_counter() - t_start, 3),
         "cluster": {"CPU": run.cluster.get("CPU", 0), "GPU": run.cluster.get("GPU", 0)},
         "pool": resources_summary(pool_resources(run.cluster, num_actors=run.num_actors, use_gpu=run.use_gpu,
-                                                 cpu_only=run.cpu_only)),
+                                                 cpu_only=run.cpu_only), run.cpus_per_gpu),
         "images": images,
         "mirror": run.mirror_report.to_dict() if run.mirror_report is not None else None,
     }
@@ -85,6 +87,8 @@ def print_summary(summary: dict) -> None:
     line = (f"{summary['rows_per_s']} rows/s over {summary['seconds']} s; pool {pool['actors']} actor(s) x "
             f"{pool['num_gpus']} GPU / {pool['num_cpus']} CPU; rejected: {rej['corpus']} by the reader + "
             f"{rej['pipeline']} in the pipeline ({rej['stored']} in rejected.parquet)")
+    if pool.get("limits"):
+        line += f"; run capped at {pool['limits']['cpu']:g} CPUs, {pool['limits']['gpu']:g} GPUs"
     console.print(line, highlight=False)
     if summary["images"]:
         im = summary["images"]

@@ -155,12 +155,47 @@ def test_pool_resources_from_cluster():
         cache.pool_resources({"CPU": 2.0}, num_actors=0)
 
 
+def test_gpu_runs_cap_what_ray_data_may_ask_the_autoscaler_for():
+    """A GPU pool of N actors limits the run to N GPUs and N x cpus_per_gpu CPUs (Ray Data's
+    resource_limits, which also bound its cluster-autoscaler requests); CPU pools are not limited."""
+    from e2i.cache.embed import CPUS_PER_GPU, execution_limits
+
+    gpu = cache.pool_resources({"CPU": 0.0}, num_actors=2, use_gpu=True)
+    assert execution_limits(gpu) == {"cpu": 2 * CPUS_PER_GPU, "gpu": 2.0}
+    assert execution_limits(gpu, cpus_per_gpu=6) == {"cpu": 12.0, "gpu": 2.0}
+    assert execution_limits(cache.pool_resources({"CPU": 8.0, "GPU": 4.0}, num_actors=3)) == {"cpu": 12.0, "gpu": 3.0}
+    assert execution_limits(cache.pool_resources({"CPU": 2.0})) is None
+    assert execution_limits(cache.pool_resources({"CPU": 8.0, "GPU": 4.0}, cpu_only=True)) is None
+    with pytest.raises(ConfigError, match="--cpus-per-gpu: must be >= 1, got 0.5"):
+        execution_limits(gpu, cpus_per_gpu=0.5)
+
+
+def test_input_blocks_are_never_smaller_than_the_gpu_batch():
+    """GPU stages bundle blocks up to their batch size; every block has at least min(batch_size, rows of its
+    kind) rows and fewer than twice the batch size, so the smallest block's size bundles nothing."""
+    from e2i.cache.embed import ID, expand_block, input_blocks, num_blocks
+
+    work = {"items": [{"item_id": f"i{i}", "path": f"p{i}"} for i in range(21)],
+            "captions": [{"caption_id": f"c{i}", "item_id": "i0", "text": "t"} for i in range(9)]}
+    specs = input_blocks(work, {"items": 4, "captions": 4})
+    sizes = [(b["_kind"], len(b[ID[b["_kind"]]])) for b in specs]
+    assert sizes == [("items", 4), ("items", 4), ("items", 4), ("items", 4), ("items", 5),
+                     ("captions", 4), ("captions", 5)], sizes
+    rows = [expand_block({k: np.array([v], dtype=object) for k, v in b.items()}) for b in specs]
+    assert [r["item_id"].tolist() for r in rows[:5]] == [[f"i{i}" for i in range(lo, hi)]
+                                                         for lo, hi in ((0, 4), (4, 8), (8, 12), (12, 16), (16, 21))]
+    assert set(rows[5]) == {"_kind", "caption_id", "item_id", "text"} and rows[6]["caption_id"][-1] == "c8"
+    assert all(set(r["_kind"].tolist()) == {k} for r, (k, _) in zip(rows, sizes))
+    assert [num_blocks(n, 4) for n in (0, 3, 4, 7, 8, 9)] == [0, 1, 1, 1, 2, 2]
+    assert [len(b["item_id"]) for b in input_blocks({"items": work["items"][:3]}, {"items": 4})] == [3]
+
+
 def test_actors_got_one_fake_gpu_each(light_run, ray_local):
     """ray_local has 2 fake GPUs: the pool asks for 2 actors x 1 GPU, and each actor was really given
     one GPU id by Ray (ray.get_gpu_ids() inside the actor); torch.cuda is unavailable, so compute is CPU."""
     summary = light_run[0]
     assert ray_local.cluster_resources()["GPU"] == 2
-    assert summary["pool"] == {"actors": 2, "num_gpus": 1, "num_cpus": 1.0}
+    assert summary["pool"] == {"actors": 2, "num_gpus": 1, "num_cpus": 1.0, "limits": {"cpu": 8.0, "gpu": 2.0}}
     for kind in ("items", "captions"):
         assert summary[kind]["pool"]["num_gpus"] == 1 and summary[kind]["pool"]["actors"] == 2
         placement = summary[kind]["placement"]
@@ -212,7 +247,7 @@ def test_one_cpu_pool_for_both_kinds_holds_captions_that_overtake_their_item(ray
     monkeypatch.setitem(encoders.ENCODERS, "slow-last", SlowLast)
     summary = cache.cache_corpus(toy_root, cache_dir=tmp_path, audio_encoder="slow-last", text_encoder="ngram-hash",
                                  batch_size=8, num_actors=2, cpu_only=True, quiet=True)
-    assert summary["pool"] == {"actors": 2, "num_gpus": 0, "num_cpus": 0.5}
+    assert summary["pool"] == {"actors": 2, "num_gpus": 0, "num_cpus": 0.5, "limits": None}
     assert summary["captions"]["held"] >= 1  # captions embedded by the other actor arrived before their item
     out = Path(summary["store"])
     assert verify_store(out) == []

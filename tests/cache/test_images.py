@@ -13,10 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from e2i.cache import image_export
-
-from e2i.cache import images
-from e2i.errors import ConfigError
+from e2i.cache import image_export, images
 from e2i.cache.pseudo_image import (
     embedding_to_image,
     grid_side,
@@ -26,6 +23,7 @@ from e2i.cache.pseudo_image import (
     read_pseudo_image,
     value_range,
 )
+from e2i.errors import ConfigError
 from e2i.store import StoreWriter, make_captions_table, make_items_table
 
 
