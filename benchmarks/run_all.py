@@ -33,6 +33,7 @@ BENCHMARKS = {
     "store_load": "bench_store_load.py",
     "evaluation": "bench_evaluation.py",
     "training": "bench_training.py",
+    "streaming": "bench_streaming.py",
     "caching": "bench_caching.py",
     "tuning": "bench_tuning.py",
     "concurrency": "bench_concurrency.py",

@@ -22,6 +22,7 @@ import yaml
 
 from e2i.errors import ConfigError
 from e2i.paths import get_dotted, resolve_train_paths, set_dotted, train_path_keys
+from e2i.stream_config import StreamingConfig
 from e2i.train_parts import TrainPart, check_parts
 
 HEAD_TYPES = ("siglip", "clip", "attention", "mlp")
@@ -55,6 +56,7 @@ class DataConfig:
     train_subset: int | None = None  # first N items of train (of each part of a mix); None = all
     # several stores mixed, [{store, split, repeat | weight}] (e2i.train_parts); () = train_split of store
     train: tuple[TrainPart, ...] = ()
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)  # e2i.stream_config
 
     def validate(self) -> None:
         if not self.store:

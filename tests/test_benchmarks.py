@@ -108,6 +108,13 @@ def test_training_quick(ray_local, tmp_path):
 
 
 @pytest.mark.slow
+def test_streaming_quick(ray_local, tmp_path):
+    import bench_streaming
+
+    check_rows(bench_streaming.run(quick=True, work=tmp_path), "streaming training", 1)
+
+
+@pytest.mark.slow
 def test_caching_quick(ray_local, tmp_path):
     import bench_caching
 

@@ -5,6 +5,8 @@ Modules, in the order of the data (each imports only the ones above it; pure pya
 - ``fs``: local paths and ``s3://`` (:func:`open_fs`), atomic writes, listing, sha256;
 - ``schema``: the layout of a split, its columns, Arrow tables and embedding arrays;
 - ``reader``: :class:`SplitData` and the zero-copy :func:`load_split`, subsets, finding splits;
+- ``rowgroups``: a split's size from its manifest and its caption row groups read one at a time
+  (what training streams with Ray Data when a split exceeds its memory budget);
 - ``writer``: :class:`StoreWriter` (resumable, manifest last), :func:`write_split`, :func:`remove_split`;
 - ``verify``: :func:`verify_store` (sha256 + content) and :func:`split_summary`;
 - ``legacy_formats`` / ``legacy``: import of older embedding caches (torch only when a ``.pt`` is read);

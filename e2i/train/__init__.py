@@ -1,6 +1,8 @@
 """Training heads on a store: the per-worker loop, the Ray Train driver, checkpoints, `e2i train`.
 
     loop.py         run_training: the loop one worker runs (Ray Train workers, Tune trials, tests)
+    stream.py       plan_data, caption_dataset, CaptionStream: train captions streamed with Ray Data when
+                    the split exceeds data.streaming.memory_budget_gb (items stay in memory)
     distributed.py  data parallelism of the loop over torch.distributed (broadcast, all-reduce)
     driver.py       fit: in-process (train_local) for 1 CPU worker, else a TorchTrainer; the run directory
     seeds.py        fit_seeds: one run per seed, mean ± std

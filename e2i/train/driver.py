@@ -54,6 +54,7 @@ from e2i.store.fs import io_reason
 from e2i.train.checkpoint import MODEL_FILE, checkpoint_due, read_progress
 from e2i.train.epoch_log import EpochLogger
 from e2i.train.loop import pick_device, run_training
+from e2i.train.stream import DataPlan, caption_dataset, ensure_ray, plan_data, train_split_path
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
@@ -72,6 +73,7 @@ def _train_loop_per_worker(config: dict) -> None:
     _quiet_report_logs()
     logger = EpochLogger(cfg, config["run_dir"], enabled=rank == 0, raw_stdout=True)
     checkpoint = ray.train.get_checkpoint()
+    stream = ray.train.get_dataset_shard("train") if config.get("stream") else None  # e2i.train.stream
     resume_dir = checkpoint.to_directory() if checkpoint is not None else None  # local copy
     resume_from = resume_dir or config.get("resume_dir")
     if rank == 0:
@@ -95,7 +97,7 @@ def _train_loop_per_worker(config: dict) -> None:
         return epoch in extra or checkpoint_due(cfg, epoch, improved, last)
 
     try:
-        run_training(cfg, report=report, resume_from=resume_from, checkpoint_when=due)
+        run_training(cfg, report=report, resume_from=resume_from, checkpoint_when=due, stream=stream)
     finally:
         logger.close()
         if resume_dir:
@@ -134,7 +136,7 @@ def _gpu_request(cfg: TrainConfig) -> tuple[bool, float, str]:
     return True, gpus, "nccl" if ray.get(has_cuda.remote()) else "gloo"
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None):
+def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None, plan: DataPlan | None = None):
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -143,9 +145,12 @@ def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None):
         ray.init()
     use_gpu, gpus, backend = _gpu_request(cfg)
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": gpus} if use_gpu else {})
+    stream = plan is not None and plan.streaming  # the workers' shards: streaming_split(equal=True)
     return TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "resume_dir": resume_dir},
+        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "resume_dir": resume_dir,
+                           "stream": stream},
+        datasets={"train": caption_dataset(train_split_path(cfg), cfg.seed)} if stream else None,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -211,21 +216,24 @@ def fit(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True) -> dic
     if not uses_ray_train(cfg):
         return train_local(cfg, resume=resume, evaluate=evaluate)
     run_dir = prepare_run_dir(cfg, resume=resume)
+    plan = plan_data(cfg)  # train split in memory or streamed (e2i.train.stream)
+    print(f"[{cfg.name}] {plan.line()}", flush=True)
     existing = epoch_checkpoints(run_dir)
     snapshot = (run_dir / CHECKPOINTS / RAY_SNAPSHOT).is_file()
     # a run Ray Train does not know (trained in-process): hand its latest checkpoint to the workers
     resume_dir = str(existing[max(existing)]) if resume and existing and not snapshot else None
-    _fit_trainer(cfg, run_dir, resume_dir)
-    return finish_run(cfg, run_dir, evaluate=evaluate)
+    _fit_trainer(cfg, run_dir, resume_dir, plan)
+    return finish_run(cfg, run_dir, evaluate=evaluate, plan=plan)
 
 
-def _fit_trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None) -> None:
+def _fit_trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None,
+                 plan: DataPlan | None = None) -> None:
     """TorchTrainer.fit(); a user error raised in a worker (bad store, damaged checkpoint) is re-raised
     as itself, so the CLI prints its one line instead of Ray's multi-page WorkerGroupError."""
     import ray.train
 
     try:
-        _trainer(cfg, run_dir, resume_dir).fit()
+        _trainer(cfg, run_dir, resume_dir, plan).fit()
     except ray.train.TrainingFailedError as exc:
         failures = getattr(exc, "worker_failures", None) or {}
         user_error = next((e for _, e in sorted(failures.items()) if isinstance(e, E2IError)), None)
@@ -240,14 +248,21 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     Checkpoints go straight to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest
     are kept). ``scaling.max_failures`` as in Ray Train: after an exception in the loop (not an
     E2IError, which is the user's to fix, nor Ctrl-C) the loop restarts from the latest checkpoint, up
-    to max_failures times.
+    to max_failures times. A streamed train split (:func:`e2i.train.stream.plan_data`) reads its
+    captions with Ray Data tasks (a local Ray is started if none runs); the loop stays in this process.
     """
     run_dir = prepare_run_dir(cfg, resume=resume)
+    plan = plan_data(cfg)
     # Ray's snapshot of a Ray Train run resumed here would be stale (a later Ray --resume would take
     # its older checkpoint): without it, a Ray resume starts from the latest checkpoint_epochNNNN
     (run_dir / CHECKPOINTS / RAY_SNAPSHOT).unlink(missing_ok=True)
     logger = EpochLogger(cfg, run_dir, enabled=True)
     logger.say("1 worker on cpu, in this process (no Ray Train; scaling.trainer: ray to use one)")
+    logger.say(plan.line())
+    stream = None
+    if plan.streaming:
+        ensure_ray()
+        stream = caption_dataset(train_split_path(cfg), cfg.seed)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)
@@ -269,7 +284,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
             if start:
                 logger.say(f"resuming after epoch {read_progress(start)['epoch']}")
             try:
-                run_training(cfg, report=report, resume_from=start)
+                run_training(cfg, report=report, resume_from=start, stream=stream)
                 break
             except E2IError:
                 raise
@@ -281,7 +296,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
                            f"scaling.max_failures={cfg.scaling.max_failures} from the latest checkpoint")
     finally:
         logger.close()
-    return finish_run(cfg, run_dir, evaluate=evaluate)
+    return finish_run(cfg, run_dir, evaluate=evaluate, plan=plan)
 
 
 def publish_checkpoint(source: str | os.PathLike, target: Path) -> None:
@@ -313,8 +328,10 @@ def publish_checkpoint(source: str | os.PathLike, target: Path) -> None:
                               "earlier checkpoints are kept, free space and re-run with --resume") from exc
 
 
-def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dict:
-    """best_model.safetensors, training_curves.png, metrics.json (+ test evaluation) from the checkpoints."""
+def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True,
+               plan: DataPlan | None = None) -> dict:
+    """best_model.safetensors, training_curves.png, metrics.json (+ test evaluation) from the checkpoints;
+    ``plan`` (memory or stream) is recorded under ``train_data``."""
     from e2i.evaluate.plots import plot_training_curves
 
     checkpoints = epoch_checkpoints(run_dir)
@@ -339,6 +356,8 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True) -> dic
         "best": history[best_epoch - 1],
         "history": history,
     }
+    if plan is not None:
+        summary["train_data"] = plan.record()
     if cfg.data.train:  # several stores mixed: which ones and how much of each (e2i.store.mix)
         from e2i.store.mix import mix_record
 

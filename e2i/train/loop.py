@@ -212,6 +212,7 @@ def run_training(
     resume_from: str | None = None,
     data: tuple[SplitData, SplitData] | None = None,
     checkpoint_when: CheckpointWhen | None = None,
+    stream=None,
 ) -> dict:
     """Train ``cfg`` on this worker; returns {history, best, best_epoch, best_metric, epochs, stopped_early}.
 
@@ -219,14 +220,24 @@ def run_training(
     None on ranks > 0). ``resume_from`` is a checkpoint directory written by this loop: training
     continues after its epoch with its optimizer, loss (queue) state and history. ``data`` =
     (train, val) SplitData skips loading from ``cfg.data.store``. ``checkpoint_when(epoch, improved,
-    last)`` replaces :func:`checkpoint_due` (every rank must give the same answer).
+    last)`` replaces :func:`checkpoint_due` (every rank must give the same answer). ``stream`` (a Ray
+    Data Dataset, or this worker's DataIterator shard) streams the train captions of ``cfg.data.store``
+    instead of loading them; items and val stay in memory (:mod:`e2i.train.stream`).
     """
     from e2i.model.heads import build_model
     from e2i.model.losses import build_loss
 
     rank, world = dist_info()
     device = pick_device(cfg)
-    train_data, val_data = data if data is not None else load_data(cfg)
+    captions = None  # the streamed train captions (e2i.train.stream)
+    if stream is not None:
+        from e2i.train.stream import CaptionStream
+
+        captions = CaptionStream(stream, cfg, world=world, device=device)
+        train_data = captions.items  # items only; val in memory as always
+        val_data = load_split(f"{cfg.data.store.rstrip('/')}/{cfg.data.val_split}", with_text=False)
+    else:
+        train_data, val_data = data if data is not None else load_data(cfg)
     train, val = SplitTensors(train_data, device), SplitTensors(val_data, device)
 
     seed_everything(cfg.seed)  # same initial weights on every worker
@@ -246,7 +257,8 @@ def run_training(
         saved = load_checkpoint(resume_from, model=model, optimizer=optimizer, loss_fn=loss_fn)
         progress.update({k: saved[k] for k in progress})
 
-    n_batches, local = global_batches(train.num_captions, cfg.optim.batch_size, world)
+    n_batches, local = global_batches(captions.num_captions if captions else train.num_captions,
+                                      cfg.optim.batch_size, world)
     accum = cfg.optim.accumulate_grad_batches
     steps_per_epoch, micro_per_epoch = epoch_plan(n_batches, accum, cfg.optim.min_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.optim.epochs
@@ -256,6 +268,7 @@ def run_training(
     )
     stopped_early = False
     perms = PassPermutations(train.num_captions, cfg.seed, device)
+    batches = captions.micro_batches(progress["epoch"] * micro_per_epoch, n_batches, local) if captions else None
 
     for epoch in range(progress["epoch"], cfg.optim.epochs):
         start = time.perf_counter()
@@ -263,12 +276,15 @@ def run_training(
         torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + epoch)  # dropout stream of this epoch
         losses = []
         for j in range(micro_per_epoch):
-            g = epoch * micro_per_epoch + j  # micro-batch index of the run: batch b of data pass p
-            perm, b = perms[g // n_batches], g % n_batches
-            rows = perm[b * local * world + rank * local : b * local * world + (rank + 1) * local]  # (B/W,)
-            ids = train.caption_item[rows]  # (B/W,) item row = positive id
+            if batches is None:
+                g = epoch * micro_per_epoch + j  # micro-batch index of the run: batch b of data pass p
+                perm, b = perms[g // n_batches], g % n_batches
+                rows = perm[b * local * world + rank * local : b * local * world + (rank + 1) * local]  # (B/W,)
+                ids, caps = train.caption_item[rows], train.caption_emb[rows]  # (B/W,) item row = positive id
+            else:  # streamed: batch g % n_batches of pass g // n_batches of this worker's shard
+                ids, caps = next(batches)  # (B/W,) item rows, (B/W, Dc)
             with autocast_context(cfg.optim.precision, device):
-                item_z, cap_z = model(train.item_emb[ids], train.caption_emb[rows])  # (B/W, D) each
+                item_z, cap_z = model(train.item_emb[ids], caps)  # (B/W, D) each
             loss = loss_fn(
                 item_z.float(), cap_z.float(), ids, model.logit_scale, model.bias if bias_used else None
             )
@@ -314,6 +330,8 @@ def run_training(
             stopped_early = progress["epoch"] < cfg.optim.epochs
             break
 
+    if batches is not None:
+        batches.close()  # ends the Ray Data pass in flight
     history = progress["history"]
     best = history[progress["best_epoch"] - 1] if progress["best_epoch"] else {}
     return {

@@ -1,0 +1,206 @@
+"""Training from train splits larger than memory: the caption rows streamed with Ray Data.
+
+Which path (:func:`plan_data`, on the driver, once per run, so every worker takes the same one):
+``data.streaming.mode: auto`` (default) estimates the train split from its manifest (counts x dims x 4
+bytes, items + captions; footers when there is no manifest) and loads it into memory as before when
+the estimate fits ``data.streaming.memory_budget_gb`` (per worker: every in-memory worker holds the
+whole split), else streams it; ``always`` / ``never`` force a path. Mixed stores (``data.train``) and
+``data.train_subset`` are always loaded (streaming covers one train split).
+
+What streams: the **caption rows** (item_id + embedding, the large side: ~5 captions per item, and
+text embeddings are often the wider ones). The **items stay in memory** on every worker (read once,
+as ``load_split`` reads them), and so does the val split. A caption's positive is
+``item_emb[row of its item_id]`` and the ids given to the loss are those item rows, exactly as in
+memory: captions of one item in a batch are positives of each other (multi-positive). If the items
+alone exceed the budget they are still loaded (the plan says so; streaming items is not done).
+
+The stream (:func:`caption_dataset`): the manifest's caption shards' row groups (~32 MiB each), one
+Ray Data block each, in a seeded order that changes every pass (``randomize_block_order`` on the
+row-group list, which is tiny), read by Ray Data tasks (``map_batches``, 0 CPUs reserved, at most
+``READ_TASKS`` at once, so they never wait for CPUs that the train workers hold) -> per-worker shards
+(Ray Train's ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself when
+training in this process) -> Ray Data's local shuffle buffer (``data.streaming.shuffle_rows``, seeded
+per pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of
+a pass are disjoint; ``equal=True`` drops fewer than ``world`` rows, then the incomplete last batch is
+dropped as in memory), and the micro-batch ``g`` of the run is batch ``g % n`` of pass ``g // n`` with
+the same ``n = global_batches(...)`` as in memory, so epochs, steps and resume line up. Row order
+within a pass is not bit-reproducible (blocks arrive as read tasks finish).
+
+``read_parquet`` was measured and not used here: its ListFiles task costs ~1.5 s per pass (Ray 2.60)
+and it would list the directory instead of the manifest's committed shards. No ray at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from e2i.config import TrainConfig
+from e2i.errors import ConfigError, StoreError
+from e2i.store import SplitData
+from e2i.store.fs import join, open_fs, read_json, shown_path
+from e2i.store.reader import _read_kind, shard_list
+from e2i.store.rowgroups import RowGroupReader, quiet_ray_data_logs, row_groups, split_size
+from e2i.store.schema import MANIFEST
+
+READ_TASKS = 2  # concurrent read tasks per stream (0 CPUs each: reads are I/O and a memcpy)
+COLUMNS = ["item_id", "embedding"]
+_GB = 1e9
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The data path of a run, decided once on the driver; ``record()`` goes into metrics.json."""
+
+    path: str  # "memory" | "stream"
+    reason: str
+    estimate_gb: float  # train split: items + captions, counts x dims x 4 bytes
+    items_gb: float
+    captions_gb: float
+    budget_gb: float
+
+    @property
+    def streaming(self) -> bool:
+        return self.path == "stream"
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """The console line of the run."""
+        if not self.streaming:
+            return f"train split in memory ({self.reason})"
+        line = (f"train captions streamed with Ray Data, items in memory ({self.reason}; items "
+                f"{self.items_gb:.3g} GB, captions {self.captions_gb:.3g} GB)")
+        if self.items_gb > self.budget_gb:
+            line += "; the items alone exceed the budget and are loaded anyway (items are not streamed)"
+        return line
+
+
+def train_split_path(cfg: TrainConfig) -> str:
+    return f"{cfg.data.store.rstrip('/')}/{cfg.data.train_split}"
+
+
+def plan_data(cfg: TrainConfig) -> DataPlan:
+    """Memory or stream for ``cfg``'s train split (see the module docstring); ConfigError for
+    ``mode: always`` with a mix or a subset."""
+    st = cfg.data.streaming
+    budget = st.memory_budget_gb
+    if cfg.data.train or cfg.data.train_subset is not None:
+        what = "data.train (a mix of stores)" if cfg.data.train else "data.train_subset"
+        if st.mode == "always":
+            raise ConfigError(f"data.streaming.mode: always: {what} is loaded in memory (streaming covers one "
+                              "train split); use mode: auto or never")
+        return DataPlan("memory", f"{what} is always loaded", 0.0, 0.0, 0.0, budget)
+    size = split_size(train_split_path(cfg))
+    items, caps = size.items_bytes / _GB, size.captions_bytes / _GB
+    total = items + caps
+    if st.mode != "auto":
+        return DataPlan("stream" if st.mode == "always" else "memory", f"data.streaming.mode: {st.mode}",
+                        total, items, caps, budget)
+    over = total > budget
+    relation = "exceeds" if over else "fits"
+    reason = f"estimate {total:.3g} GB {relation} data.streaming.memory_budget_gb {budget:g}"
+    return DataPlan("stream" if over else "memory", reason, total, items, caps, budget)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Ray Data side
+
+
+def caption_dataset(path: str, seed: int, columns: list[str] | None = None):
+    """The ``ray.data.Dataset`` of a split's caption rows (``columns``, default item_id + embedding),
+    row groups in a new seeded order every execution (pass)."""
+    import ray.data
+
+    groups = row_groups(path)
+    if not groups:
+        raise StoreError(f"{path}: no caption rows to train on")
+    seed_cfg = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    ds = (ray.data.from_items(groups, override_num_blocks=len(groups))
+          .randomize_block_order(seed=seed_cfg)
+          .map_batches(RowGroupReader(columns or COLUMNS), batch_format="pyarrow", batch_size=None,
+                       num_cpus=0, compute=ray.data.TaskPoolStrategy(size=READ_TASKS)))
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
+
+
+def ensure_ray() -> None:
+    """A local Ray for the in-process path (reading tasks); a running one is used as it is."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker side
+
+
+def load_items(path: str, caption_dim: int) -> SplitData:
+    """The items of a split (ids, embeddings), checked as ``load_split`` checks them, with no captions."""
+    fs, root = open_fs(path)
+    manifest = read_json(fs, join(root, MANIFEST), shown_path(path, MANIFEST))
+    shards = shard_list(fs, root, manifest, "items", path)
+    if not shards:
+        raise StoreError(f"{shown_path(path, 'items')}: no parquet shards")
+    items = _read_kind(fs, root, path, "items", shards, ())
+    return SplitData(path=path, item_ids=items.ids, item_emb=items.emb, caption_ids=np.empty(0, object),
+                     caption_item=np.empty(0, np.int64), caption_emb=np.empty((0, caption_dim), np.float32),
+                     manifest=manifest)
+
+
+class CaptionStream:
+    """This worker's micro-batches of the streamed train captions: (item rows (B,), caption embeddings
+    (B, Dc)) on ``device``, pass after pass, from a Ray Data ``Dataset`` or a ``DataIterator`` shard."""
+
+    def __init__(self, source, cfg: TrainConfig, *, world: int, device: torch.device) -> None:
+        self.source, self.cfg, self.world, self.device = source, cfg, world, device
+        path = train_split_path(cfg)
+        size = split_size(path)
+        self.num_captions = size.captions
+        self.items = load_items(path, size.caption_dim)
+        self.index = pd.Index(self.items.item_ids, dtype=object)
+        self.passes = 0  # passes started (for tests and logs)
+        quiet_ray_data_logs()
+
+    def micro_batches(self, start: int, n_batches: int, local: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """From micro-batch ``start`` of the run on: batch ``start % n_batches`` of pass ``start // n_batches``."""
+        p, skip = divmod(start, n_batches)
+        while True:
+            seen = 0
+            for table in self.pass_tables(p, local):
+                seen += 1
+                if skip < seen <= n_batches:
+                    yield self.tensors(table)
+            if seen < n_batches:
+                raise RuntimeError(f"pass {p} of the train captions gave {seen} batches of {local} rows on this "
+                                   f"worker, {n_batches} expected (is the store changing under the run?)")
+            p, skip = p + 1, 0
+
+    def pass_tables(self, p: int, local: int) -> Iterator[pa.Table]:
+        """The pyarrow batches of ``local`` rows of pass ``p`` (local shuffle buffer seeded by pass)."""
+        self.passes += 1
+        shuffle = max(self.cfg.data.streaming.shuffle_rows, local)
+        yield from self.source.iter_batches(batch_size=local, batch_format="pyarrow", drop_last=True,
+                                            local_shuffle_buffer_size=shuffle, prefetch_batches=4,
+                                            local_shuffle_seed=(self.cfg.seed * 7919 + p) % 2**32)
+
+    def tensors(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item rows (B,) int64, caption embeddings (B, Dc) float32) of one batch."""
+        item_ids = table.column("item_id").to_numpy(zero_copy_only=False)
+        rows = self.index.get_indexer(item_ids)  # (B,) item row = positive id; -1 = unknown
+        if (rows < 0).any():
+            bad = item_ids[int(np.flatnonzero(rows < 0)[0])]
+            raise StoreError(f"{train_split_path(self.cfg)}: a caption points at missing item {bad!r}")
+        emb = table.column("embedding").combine_chunks().flatten().to_numpy()
+        emb = np.array(emb, dtype=np.float32).reshape(len(table), -1)  # (B, Dc), a writable copy
+        if not np.isfinite(emb).all():
+            raise StoreError(f"{train_split_path(self.cfg)}: a caption embedding has NaN/inf values")
+        return torch.from_numpy(rows).to(self.device), torch.from_numpy(emb).to(self.device)
