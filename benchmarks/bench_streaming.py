@@ -9,10 +9,10 @@ plain passes (``optim.min_steps_per_epoch: 0``), as on a store large enough to n
 
 Figure: ``train/pairs_per_s`` (timed inside the loop over the optimisation steps, validation
 excluded; for the streamed run it includes waiting for the stream), best epoch from epoch 2 on
-(epoch 1 pays first-call costs and the start of the read workers); target >= 0.8. The two runs
+(epoch 1 pays first-call costs and the start of the read workers); target >= 0.8. The runs
 alternate (memory, stream, memory, stream in the full run) so a burst of other load on the machine
-hits both. Reported too: the best val R@1 of each run (the local shuffle buffer mixes less than a
-full permutation of the split).
+hits both; the medians are in the note. Reported too: the best val R@1 of each run (the local
+shuffle buffer mixes less than a full permutation of the split).
 
     python benchmarks/bench_streaming.py [--quick] [--json out.json]
 """
@@ -28,7 +28,7 @@ import harness
 from harness import Result
 
 BENCH = "streaming training"
-FULL = {"n_items": 10000, "dim": 512, "hidden": 512, "output": 256, "batch": 256, "epochs": 3,
+FULL = {"n_items": 20000, "dim": 512, "hidden": 512, "output": 256, "batch": 256, "epochs": 3,
         "rounds": 2, "rows_per_shard": 10000}
 QUICK = {"n_items": 400, "dim": 32, "hidden": 32, "output": 16, "batch": 64, "epochs": 2,
          "rounds": 1, "rows_per_shard": 500}
