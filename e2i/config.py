@@ -30,6 +30,7 @@ LOSS_TYPES = ("sigmoid_infonce", "softmax_infonce", "queue_infonce")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")  # optim.schedule (see e2i.train.schedule.lr_at)
 TRAINERS = ("auto", "ray", "local")  # scaling.trainer (see e2i.train.driver.fit)
+WARM_STARTS = ("none", "best", "cca", "pls", "ridge", "procrustes", "cosine")  # model.warm_start (e2i.train.warm_start)
 # Validation metrics `metric` may name: "val/" + a key of e2i.evaluate.metrics.retrieval_metrics, or val/loss.
 METRIC_MODES = {"loss": "min", "median_rank": "min", "mean_rank": "min"}
 _RETRIEVAL = ("recall@1", "recall@5", "recall@10", "mAP@10", "median_rank", "mean_rank")
@@ -90,9 +91,11 @@ class ModelConfig:
     init_bias: float = -10.0  # SigLIP's initial logit bias (paper: -10); sigmoid loss only
     learn_temperature: bool = True  # learn the logit scale (capped at 100 after each step)
     learn_bias: bool = True  # learn the logit bias (sigmoid loss only; independent of learn_temperature)
+    warm_start: str = "none"  # a closed-form baseline (best on val, or by name) as epoch 0 of the selection
+    warm_start_init: bool = False  # also start training from it (else cold, the baseline is only kept if best)
 
     def validate(self) -> None:
-        _choice(self.type, HEAD_TYPES, "type")
+        _choice(self.type, HEAD_TYPES, "type"), _choice(self.warm_start, WARM_STARTS, "warm_start")
         for name in ("output_dim", "hidden_dim", "num_heads", "num_layers", "num_tokens"):
             _positive(getattr(self, name), name)
         if self.init_temperature is not None:

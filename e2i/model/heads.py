@@ -40,6 +40,9 @@ class SigLIPHead(nn.Module):
     def from_config(cls, in_dim: int, cfg: ModelConfig) -> SigLIPHead:
         return cls(in_dim, output_dim=cfg.output_dim, dropout=cfg.dropout)
 
+    def output_layer(self) -> nn.Linear:
+        return self.net[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, in_dim) -> (B, output_dim)
 
@@ -60,6 +63,9 @@ class CLIPHead(nn.Module):
     @classmethod
     def from_config(cls, in_dim: int, cfg: ModelConfig) -> CLIPHead:
         return cls(in_dim, output_dim=cfg.output_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+
+    def output_layer(self) -> nn.Linear:
+        return self.net[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, in_dim) -> (B, output_dim)
@@ -92,6 +98,9 @@ class MLPHead(nn.Module):
             num_layers=cfg.num_layers,
             dropout=cfg.dropout,
         )
+
+    def output_layer(self) -> nn.Linear:
+        return self.net[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, in_dim) -> (B, output_dim)
@@ -201,11 +210,61 @@ class AttentionHead(nn.Module):
             h = torch.einsum("btd,tdh->bth", t, self.token_weight) + self.token_bias  # (B, T, H)
         return h + self.pos[:, : h.shape[1]]
 
+    def output_layer(self) -> nn.Linear:
+        return self.proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(x)  # (B, T, H)
         h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, H), CLS first
         h = self.norm(self.encoder(h))  # (B, 1 + T, H)
         return self.proj(h[:, 0])  # CLS output (B, H) -> (B, output_dim)
+
+
+class SkipHead(nn.Module):
+    """A head plus a linear "skip" branch on standardised inputs (``model.warm_start``):
+
+        z(x) = head(x) + ((x - mean) / std) @ W + b           x (B, in_dim) -> z (B, output_dim)
+
+    with buffers ``mean``, ``std`` (in_dim,) and the Linear ``skip`` (W (in_dim, output_dim) stored as
+    its (output_dim, in_dim) weight, b (output_dim,)). Built with the branch at zero, so a fresh model
+    is the bare head; :meth:`set_linear_` installs a closed-form baseline's map into the branch and
+    zeroes the head's last Linear, after which ``z(x)`` *is* the baseline's projection (padded with
+    zero columns to output_dim) and the model ranks exactly as the baseline does. Trained from there
+    (``warm_start_init``) both move: the branch stays a linear map (well conditioned on standardised
+    features), the head learns the non-linear residual; trained cold, the branch is frozen at zero and
+    only the baseline's state (kept if no epoch beats it on val) uses it. Flat inputs only.
+    """
+
+    def __init__(self, head: nn.Module, in_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("mean", torch.zeros(in_dim))  # (in_dim,) train statistics, saved with the weights
+        self.register_buffer("std", torch.ones(in_dim))  # (in_dim,)
+        self.skip = nn.Linear(in_dim, output_dim)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
+
+    @torch.no_grad()
+    def set_linear_(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Install ``z = ((x - mean) / std) @ weight + bias``; weight (in_dim, k <= output_dim), bias (k,);
+        columns k..output_dim-1 are zero. The head's last Linear is zeroed, so head(x) = 0 until trained."""
+        in_dim, k = weight.shape
+        if k > self.skip.out_features or in_dim != self.skip.in_features:
+            raise ValueError(f"skip map of shape {tuple(weight.shape)} does not fit ({self.skip.in_features}, "
+                             f"<= {self.skip.out_features})")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        self.skip.weight.zero_()
+        self.skip.bias.zero_()
+        self.skip.weight[:k].copy_(weight.T)  # (k, in_dim)
+        self.skip.bias[:k].copy_(bias)
+        last = self.head.output_layer()
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + self.skip((x - self.mean) / self.std)  # (B, output_dim)
 
 
 HEADS: dict[str, type[nn.Module]] = {
@@ -292,6 +351,11 @@ def build_model(
     """Item and caption heads of type ``cfg.type`` into ``cfg.output_dim``.
 
     Dims are ints for flat embeddings, or ``(max_tokens, token_dim)`` for token sequences
-    (attention head only).
+    (attention head only). With ``cfg.warm_start`` (flat inputs) each head is wrapped in a
+    :class:`SkipHead` whose branch ``e2i.train.warm_start`` fills from a closed-form baseline.
     """
-    return ContrastiveModel(build_head(cfg.type, item_dim, cfg), build_head(cfg.type, caption_dim, cfg), cfg)
+    heads = [build_head(cfg.type, item_dim, cfg), build_head(cfg.type, caption_dim, cfg)]
+    if cfg.warm_start != "none" and not any(isinstance(d, tuple) for d in (item_dim, caption_dim)):
+        # token sequences have no flat features for a linear map: such a model has no skip branch
+        heads = [SkipHead(h, d, cfg.output_dim) for h, d in zip(heads, (item_dim, caption_dim))]
+    return ContrastiveModel(*heads, cfg)

@@ -63,6 +63,7 @@ from e2i.store.mix import load_mix
 from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
 from e2i.train.schedule import PassPermutations, epoch_plan, global_batches, lr_at
+from e2i.train.warm_start import announce, copy_state, warm_start_
 
 Report = Callable[[dict, str | None], bool | None]
 # checkpoint_when(epoch, improved, last) -> write a checkpoint after this (1-based) epoch?
@@ -242,6 +243,7 @@ def run_training(
 
     seed_everything(cfg.seed)  # same initial weights on every worker
     model = build_model(cfg.model, train_data.item_dim, train_data.caption_dim).to(device)
+    started = None if resume_from else warm_start_(model, cfg, train_data, val_data)  # None: off or resumed
     loss_fn = build_loss(cfg.loss, dim=cfg.model.output_dim, rank=rank, world_size=world).to(device)
     val_cfg = LossConfig(type="softmax_infonce") if cfg.loss.type == "queue_infonce" else cfg.loss
     val_loss_fn = build_loss(val_cfg, dim=cfg.model.output_dim).to(device)
@@ -256,6 +258,14 @@ def run_training(
     if resume_from:
         saved = load_checkpoint(resume_from, model=model, optimizer=optimizer, loss_fn=loss_fn)
         progress.update({k: saved[k] for k in progress})
+    initial = None  # the warm start is "epoch 0" of the model selection: an epoch must beat it on val
+    if started:  # (val metrics, weights) of the baseline; rank 0 says which baseline it is
+        start = copy_state(model)  # the baseline (warm_start_init) or the cold initialisation
+        model.load_state_dict(started["state"])
+        initial = (validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used), started["state"])
+        model.load_state_dict(start)
+        progress["best_metric"] = initial[0][cfg.metric]
+        announce(cfg, started, initial[0], rank)
 
     n_batches, local = global_batches(captions.num_captions if captions else train.num_captions,
                                       cfg.optim.batch_size, world)
@@ -323,6 +333,11 @@ def run_training(
         patience = cfg.optim.early_stopping_patience
         stop = agree(patience > 0 and progress["bad_epochs"] >= patience, world)
         last = stop or epoch + 1 == cfg.optim.epochs
+        if last and initial is not None and progress["best_epoch"] == 0:  # no epoch beat the baseline
+            model.load_state_dict(initial[1])  # the last checkpoint is the baseline (its val metrics too)
+            metrics.update(initial[0], warm_start_kept=1.0)
+            progress.update(best_epoch=epoch + 1, bad_epochs=0)
+            improved = True
         due = (checkpoint_when or partial(checkpoint_due, cfg))(epoch + 1, improved, last)
         report_epoch(report, metrics, write=due and rank == 0, model=model, optimizer=optimizer,
                      loss_fn=loss_fn, progress=progress, config=cfg.to_dict())
