@@ -258,7 +258,7 @@ def run_training(
     if resume_from:
         saved = load_checkpoint(resume_from, model=model, optimizer=optimizer, loss_fn=loss_fn)
         progress.update({k: saved[k] for k in progress})
-    initial = None  # the warm start is "epoch 0" of the model selection: an epoch must beat it on val
+    initial, own_best = None, progress["best_metric"]  # the baseline is "epoch 0" of the selection only
     if started:  # (val metrics, weights) of the baseline; rank 0 says which baseline it is
         start = copy_state(model)  # the baseline (warm_start_init) or the cold initialisation
         model.load_state_dict(started["state"])
@@ -323,11 +323,12 @@ def run_training(
         value = metrics.get(cfg.metric)
         if value is None:
             raise KeyError(f"metric {cfg.metric!r} is not computed (have: {', '.join(sorted(metrics))})")
-        improved = _improved(value, progress["best_metric"], cfg.metric_mode)
+        improved = _improved(value, progress["best_metric"], cfg.metric_mode)  # the selection (baseline: epoch 0)
+        own = _improved(value, own_best, cfg.metric_mode)  # patience: the trained epochs' own progress
+        own_best = value if own else own_best
         if improved:
-            progress.update(best_metric=value, best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            progress["bad_epochs"] += 1
+            progress.update(best_metric=value, best_epoch=epoch + 1)
+        progress["bad_epochs"] = 0 if own else progress["bad_epochs"] + 1
         progress["epoch"] = epoch + 1
         progress["history"].append(metrics)
         patience = cfg.optim.early_stopping_patience
