@@ -266,6 +266,8 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     from e2i.store import StoreWriter
 
     _check_positive(batch_size=batch_size, shard_size=shard_size, upload_every=upload_every)
+    if cpus_per_gpu is not None and cpus_per_gpu < 1:  # before the corpus is read or Ray starts
+        raise ConfigError(f"--cpus-per-gpu: must be >= 1, got {cpus_per_gpu:g}")
     # [1] read the corpus, build the encoders, open the split (refusing shards of another encoder)
     t_start = time.perf_counter()
     kind = corpus or infer_corpus_kind(metadata)

@@ -151,7 +151,7 @@ def test_bad_images_are_rejected_and_the_cache_run_goes_on(ray_local, tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["missing_columns", "no_metadata", "unknown_audio_encoder", "unknown_text_encoder",
-                                  "zero_batch_size"])
+                                  "zero_batch_size", "cpus_per_gpu_below_one"])
 def test_whole_corpus_problems_are_one_line_errors(ray_local, tmp_path, capsys, case):
     (tmp_path / "development").mkdir()
     csv_path = tmp_path / "clotho_captions_development.csv"
@@ -166,13 +166,16 @@ def test_whole_corpus_problems_are_one_line_errors(ray_local, tmp_path, capsys, 
         "unknown_audio_encoder": (["--audio-encoder", "wav2vec"], f"unknown encoder 'wav2vec' (valid: {encoders})"),
         "unknown_text_encoder": (["--text-encoder", "bert"], f"unknown encoder 'bert' (valid: {encoders})"),
         "zero_batch_size": (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        "cpus_per_gpu_below_one": (["--use-gpu", "--cpus-per-gpu", "0.5"], "--cpus-per-gpu: must be >= 1, got 0.5"),
     }[case]
-    if case.startswith("unknown") or case == "zero_batch_size":  # a complete CSV, so only the flag is wrong
+    if case.startswith("unknown") or case in ("zero_batch_size", "cpus_per_gpu_below_one"):  # a complete CSV, so only the flag is wrong
         csv_path.write_text("file_name,caption_1,caption_2,caption_3,caption_4,caption_5\na.wav,a,b,c,d,e\n")
     argv = ["cache", "--metadata", str(tmp_path), "--cache-dir", str(tmp_path / "stores"), *LIGHT_FLAGS, *args]
     code, _, err = run_cli(argv, capsys)
     error_line(code, err, exit_code=2, full=re.escape(f"e2i: error: {message}"))
     assert not (tmp_path / "stores").exists() or not any((tmp_path / "stores").rglob("*.parquet"))
+    if case == "cpus_per_gpu_below_one":  # refused with the other flags, before the store dir or Ray
+        assert not (tmp_path / "stores").exists()
 
 
 # ========================================================================================= store
@@ -442,9 +445,9 @@ def test_damaged_checkpoint_on_resume_is_a_clear_error(trained_run, tmp_path, da
 
 
 def test_checkpoint_of_a_bigger_model_names_the_tensor(trained_run, tmp_path, capsys):
-    from e2i.train.checkpoint import save_weights
     from e2i.config import load_train_config
     from e2i.model.heads import build_model
+    from e2i.train.checkpoint import save_weights
 
     cfg = load_train_config(trained_run / "config.yaml", ["model.output_dim=32"])
     save_weights(build_model(cfg.model, 16, 12).state_dict(), tmp_path / "other.safetensors")
