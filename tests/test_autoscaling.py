@@ -91,8 +91,9 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
                           "--text-encoder", "ngram-hash", "--use-gpu", "--num-actors", "2", "--batch-size", "4"],
                          timeout=400)
         assert cache.returncode == 0, f"e2i cache failed:\n{cache.stdout[-3000:]}\n{cache.stderr[-5000:]}"
-        assert "pool 2 actor(s) x 1 GPU / 1.0 CPU" in cache.stdout, cache.stdout[-3000:]
-        assert "run capped at 8 CPUs, 2 GPUs" in cache.stdout, cache.stdout[-3000:]
+        summary = " ".join(cache.stdout.split())  # rich wraps the summary line at the terminal width
+        assert "pool 2 actor(s) x 1 GPU / 1.0 CPU" in summary, cache.stdout[-3000:]
+        assert "run capped at 8 CPUs, 2 GPUs" in summary, cache.stdout[-3000:]
         manifest = json.loads((tmp_path / "stores" / "toy" / "development" / "manifest.json").read_text())
         assert (manifest["counts"]["items"], manifest["counts"]["captions"]) == (20, 100), manifest["counts"]
         kinds = node_type_names(head, cfg)
