@@ -139,8 +139,9 @@ class CacheRun:
                              cpu_only=self.cpu_only, num_batches=blocks)
         buffers = {k: ShardBuffer(self.writer, k, self.shard_size, meta if k == "items" else None,
                                   self.encoders[k].manifest_entry()) for k in work}
+        pool = resources_summary(res, self.cpus_per_gpu)  # the same pool serves both kinds
         for k in work:
-            self.stats[k].pool = resources_summary(res, self.cpus_per_gpu)
+            self.stats[k].pool = dict(pool)
         self._unresolved = {str(r["item_id"]) for r in work.get("items", [])}
         self._bad_items = set()
         held: list[dict[str, np.ndarray]] = []  # caption rows waiting for their item
