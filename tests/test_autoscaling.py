@@ -143,12 +143,17 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
 
     # What the autoscaler did, in order. Caching added only gpu_1x nodes, one per GPU actor (the
     # preprocess tasks' CPUs fit on them: the run is capped at 4 CPUs per GPU actor, and cluster.yaml has
-    # no CPU-only worker type); fine-tuning added exactly one gpu_4x; every node added was removed as idle.
+    # no CPU-only worker type); fine-tuning added exactly one gpu_4x. Ray Train V2's controller also asks
+    # the autoscaler, through Ray Data's AutoscalingCoordinator, for 4 x {CPU 1, GPU 1} *without* the
+    # placement strategy (ray/train/v2/_internal/execution/scaling_policy/scaling_policy.py): with the
+    # caching nodes' 2 GPUs still up the autoscaler tops that request up with 2 more gpu_1x (measured here,
+    # 10:38:46 "Adding 2 node(s) of type gpu_1x" then "Adding 1 node(s) of type gpu_4x"); the gang itself
+    # only fits the gpu_4x, and the extra gpu_1x idle out. That is Ray's, so only the gang's node is counted.
+    # Every node ended idle-terminated: the wait above saw only the head (counting "Removing" lines is no
+    # proof: CI once logged 5 gpu_1x removals for 4 additions).
     added = [(kind, n) for verb, kind, n in events if verb == "add"]
     first_4x = next(i for i, (kind, _) in enumerate(added) if kind == "gpu_4x")
+    assert added[0] == ("gpu_1x", 2), events  # the cache run's (checked exactly above)
     assert {kind for kind, _ in added[:first_4x]} == {"gpu_1x"}, events
-    assert sum(n for _, n in added[:first_4x]) >= 2, events
     assert sum(n for kind, n in added if kind == "gpu_4x") == 1, events
-    for kind in ("gpu_1x", "gpu_4x"):
-        removed = sum(n for verb, k, n in events if verb == "remove" and k == kind)
-        assert removed == sum(n for k, n in added if k == kind), events
+    assert any(verb == "remove" and kind == "gpu_4x" for verb, kind, _ in events), events

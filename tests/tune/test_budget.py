@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from study_db import study_ready
 
 from e2i.store.synthetic import make_synthetic_store
 from e2i.tune.search import parse_duration, tune_space
@@ -90,6 +91,8 @@ def test_ctrl_c_ends_the_search_and_exports_the_best_so_far(ray_local, tiny_stor
         complete = 0
         while time.monotonic() < deadline and proc.poll() is None and not complete:
             time.sleep(0.5)
+            if not study_ready(tmp_path / "results" / "sigint" / "optuna.db"):
+                continue
             try:
                 complete = len(_study(tmp_path, "sigint").get_trials(states=(TrialState.COMPLETE,)))
             except Exception:  # noqa: BLE001, S112 - study not created yet

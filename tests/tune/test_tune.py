@@ -19,6 +19,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from study_db import study_ready
 
 from e2i.config import load_train_config
 from e2i.errors import E2IError
@@ -280,6 +281,8 @@ def _kill_at_an_orphan(proc: subprocess.Popen, url: str, study_name: str, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
+        if not study_ready(url):
+            continue
         try:
             trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
         except Exception:  # noqa: BLE001, S112 - db or study not created yet
