@@ -3,16 +3,16 @@
 Same store (synthetic-latent, several caption shards), head (``clip``), loss (``sigmoid_infonce``),
 batch, epochs and torch threads on both sides; both run ``e2i.train.driver.fit`` in this process
 (1 CPU worker: the in-process loop), one with the split in memory (``data.streaming.mode: never``),
-one with its captions streamed (``always``: Ray Data reads the caption row groups in tasks, a local
-shuffle buffer of ``data.streaming.shuffle_rows`` rows, batches; the items stay in memory). Epochs are
+one with its captions streamed (``always``: Ray Data reads the caption row groups in tasks, whole
+blocks go into a shuffle pool of ``data.streaming.shuffle_rows`` rows, batches; the items stay in memory). Epochs are
 plain passes (``optim.min_steps_per_epoch: 0``), as on a store large enough to need streaming.
 
 Figure: ``train/pairs_per_s`` (timed inside the loop over the optimisation steps, validation
 excluded; for the streamed run it includes waiting for the stream), best epoch from epoch 2 on
 (epoch 1 pays first-call costs and the start of the read workers); target >= 0.8. The runs
 alternate (memory, stream, memory, stream in the full run) so a burst of other load on the machine
-hits both; the medians are in the note. Reported too: the best val R@1 of each run (the local
-shuffle buffer mixes less than a full permutation of the split).
+hits both; the medians are in the note. Reported too: the best val R@1 of each run (the shuffle
+pool mixes less than a full permutation of the split).
 
     python benchmarks/bench_streaming.py [--quick] [--json out.json]
 """
@@ -90,7 +90,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     pairs = split.captions // size["batch"] * size["batch"]
     val_mem, val_stream = statistics.mean(best["never"]), statistics.mean(best["always"])
     return [
-        Result(BENCH, f"streamed train captions (Ray Data: {groups} row groups -> local shuffle buffer -> batches; "
+        Result(BENCH, f"streamed train captions (Ray Data: {groups} row groups -> block shuffle pool -> batches; "
                       f"items in memory) vs the split in memory, same store ({split.captions:,} captions x "
                       f"{split.caption_dim}-d, {gb:.2f} GB), clip head, sigmoid loss, batch {size['batch']}, "
                       f"{threads} torch thread(s), in-process loop",
@@ -101,7 +101,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
                     f"{statistics.median(rates['never']):,.0f}); validation excluded"),
         Result(BENCH, f"best val R@1 after {size['epochs']} epochs, streamed vs in memory (same seed)",
                f"{val_stream:.4f} vs {val_mem:.4f}", val_stream / val_mem if val_mem else float("nan"),
-               note="the shuffle buffer mixes less than a full permutation of the split; report only"),
+               note="the shuffle pool mixes less than a full permutation of the split; report only"),
     ]
 
 

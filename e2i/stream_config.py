@@ -5,7 +5,7 @@ validated at load; the streaming itself is :mod:`e2i.train.stream`).
       streaming:
         mode: auto              # auto | always | never
         memory_budget_gb: 8     # per worker: a train split estimated above this is streamed
-        shuffle_rows: 16384     # rows of the local shuffle buffer of each worker (streaming only)
+        shuffle_rows: 16384     # rows of the shuffle pool of each worker (streaming only)
 
 ``auto`` (the default) loads the split into memory when its estimate (manifest counts x dims x 4
 bytes, items + captions) fits ``memory_budget_gb``, else streams the caption rows with Ray Data while
@@ -24,7 +24,7 @@ STREAMING_MODES = ("auto", "always", "never")
 class StreamingConfig:
     mode: str = "auto"  # auto: stream when the train split's estimate exceeds memory_budget_gb | always | never
     memory_budget_gb: float = 8.0  # per worker (every in-memory worker holds the whole train split)
-    shuffle_rows: int = 16384  # Ray Data local_shuffle_buffer_size per worker (memory: rows x dim x 4 B)
+    shuffle_rows: int = 16384  # shuffle pool per worker, whole blocks permuted together (memory: rows x dim x 4 B)
 
     def validate(self) -> None:
         if self.mode not in STREAMING_MODES:

@@ -19,8 +19,8 @@ Ray Data block each, in a seeded order that changes every pass (``randomize_bloc
 row-group list, which is tiny), read by Ray Data tasks (``map_batches``, 0 CPUs reserved, at most
 ``READ_TASKS`` at once, so they never wait for CPUs that the train workers hold) -> per-worker shards
 (Ray Train's ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself when
-training in this process) -> Ray Data's local shuffle buffer (``data.streaming.shuffle_rows``, seeded
-per pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of
+training in this process) -> whole blocks into a shuffle pool of ``data.streaming.shuffle_rows`` rows
+(:meth:`CaptionStream.pass_batches`, seeded per pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of
 a pass are disjoint; ``equal=True`` drops fewer than ``world`` rows, then the incomplete last batch is
 dropped as in memory), and the micro-batch ``g`` of the run is batch ``g % n`` of pass ``g // n`` with
 the same ``n = global_batches(...)`` as in memory, so epochs, steps and resume line up. Row order
@@ -175,32 +175,75 @@ class CaptionStream:
         p, skip = divmod(start, n_batches)
         while True:
             seen = 0
-            for table in self.pass_tables(p, local):
+            for batch in self.pass_batches(p, local):
                 seen += 1
                 if skip < seen <= n_batches:
-                    yield self.tensors(table)
+                    yield self.tensors(batch)
             if seen < n_batches:
                 raise RuntimeError(f"pass {p} of the train captions gave {seen} batches of {local} rows on this "
                                    f"worker, {n_batches} expected (is the store changing under the run?)")
             p, skip = p + 1, 0
 
-    def pass_tables(self, p: int, local: int) -> Iterator[pa.Table]:
-        """The pyarrow batches of ``local`` rows of pass ``p`` (local shuffle buffer seeded by pass)."""
-        self.passes += 1
-        shuffle = max(self.cfg.data.streaming.shuffle_rows, local)
-        yield from self.source.iter_batches(batch_size=local, batch_format="pyarrow", drop_last=True,
-                                            local_shuffle_buffer_size=shuffle, prefetch_batches=4,
-                                            local_shuffle_seed=(self.cfg.seed * 7919 + p) % 2**32)
+    def pass_batches(self, p: int, local: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of ``local`` rows of pass ``p``: {"row": item rows (B,), "embedding": (B, Dc), and the
+        source's other columns (B,)}.
 
-    def tensors(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item rows (B,) int64, caption embeddings (B, Dc) float32) of one batch."""
+        A block-level shuffle pool: whole blocks come from Ray Data (one row group each, in the pass's
+        seeded order) and each is converted once (:meth:`block_columns`: item-id lookup, finite check);
+        once the pool holds ``shuffle_rows`` rows they are permuted (seeded by pass) and cut into
+        batches, and the fewer than ``local`` rows left over wait for the next cut. At the end of the pass
+        the pool is cut the same way and its incomplete last batch dropped, as in memory. Per batch this
+        costs one fancy-index copy, as the in-memory path; Ray Data's own local shuffle buffer (a
+        concatenation and an Arrow-to-numpy conversion per batch) measured ~0.2 CPU-s more per pass of
+        70,000 x 512-d captions, taken from torch's threads on 2 cores (BENCHMARKS.md).
+        """
+        self.passes += 1
+        rng = np.random.default_rng((self.cfg.seed * 7919 + p) % 2**32)
+        shuffle = max(self.cfg.data.streaming.shuffle_rows, local)
+        pool: list[dict[str, np.ndarray]] = []
+        pooled = 0
+        for table in self.source.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            if not len(table):
+                continue
+            pool.append(self.block_columns(table))
+            pooled += len(table)
+            if pooled >= shuffle:
+                pool = yield from _cut(pool, local, rng)
+                pooled = sum(len(part["row"]) for part in pool)
+        yield from _cut(pool, local, rng)  # the rest of the pass; fewer than `local` rows are dropped
+
+    def block_columns(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """One block as numpy columns: "row" (item rows, (n,) int64), "embedding" ((n, Dc) float32, a
+        read-only view of the block) and the other columns as (n,) arrays; checked once per block."""
         item_ids = table.column("item_id").to_numpy(zero_copy_only=False)
-        rows = self.index.get_indexer(item_ids)  # (B,) item row = positive id; -1 = unknown
+        rows = self.index.get_indexer(item_ids)  # (n,) item row = positive id; -1 = unknown
         if (rows < 0).any():
             bad = item_ids[int(np.flatnonzero(rows < 0)[0])]
             raise StoreError(f"{train_split_path(self.cfg)}: a caption points at missing item {bad!r}")
-        emb = table.column("embedding").combine_chunks().flatten().to_numpy()
-        emb = np.array(emb, dtype=np.float32).reshape(len(table), -1)  # (B, Dc), a writable copy
-        if not np.isfinite(emb).all():
-            raise StoreError(f"{train_split_path(self.cfg)}: a caption embedding has NaN/inf values")
-        return torch.from_numpy(rows).to(self.device), torch.from_numpy(emb).to(self.device)
+        emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(table), -1)
+        if emb.dtype != np.float32 or not np.isfinite(np.add.reduce(emb, axis=None)) and not np.isfinite(emb).all():
+            raise StoreError(f"{train_split_path(self.cfg)}: a caption embedding has NaN/inf values or is not float32")
+        out = {"row": rows.astype(np.int64), "embedding": emb}
+        for name in table.column_names:
+            if name != "embedding":
+                out[name] = table.column(name).to_numpy(zero_copy_only=False)
+        return out
+
+    def tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item rows (B,) int64, caption embeddings (B, Dc) float32) of one batch, on the device."""
+        return torch.from_numpy(batch["row"]).to(self.device), torch.from_numpy(batch["embedding"]).to(self.device)
+
+
+def _cut(pool: list[dict[str, np.ndarray]], local: int, rng: np.random.Generator):
+    """Yield the pool's rows permuted in batches of ``local`` (fancy-index copies); return the rest as a
+    new pool (fewer than ``local`` rows, copied out of the blocks so they can be released)."""
+    if not pool:
+        return []
+    cols = {k: np.concatenate([part[k] for part in pool]) if len(pool) > 1 else pool[0][k] for k in pool[0]}
+    perm = rng.permutation(len(cols["row"]))  # (N,)
+    n = len(perm) // local
+    for b in range(n):
+        rows = perm[b * local:(b + 1) * local]  # (local,)
+        yield {k: v[rows] for k, v in cols.items()}
+    rest = perm[n * local:]
+    return [{k: v[rest] for k, v in cols.items()}] if len(rest) else []

@@ -53,8 +53,9 @@ def _cfg(store, out, **overrides):
 
 def _pass_pairs(stream: CaptionStream, p: int, local: int) -> list[tuple[str, str]]:
     pairs = []
-    for table in stream.pass_tables(p, local):
-        pairs += zip(table.column("caption_id").to_pylist(), table.column("item_id").to_pylist())
+    for batch in stream.pass_batches(p, local):
+        assert len(batch["row"]) == local
+        pairs += zip(batch["caption_id"].tolist(), batch["item_id"].tolist())
     return pairs
 
 
@@ -74,9 +75,9 @@ def test_each_pass_streams_every_caption_once_with_its_item(ray_local, sharded_s
 
     # each batch: the caption's own embedding, its item's row as the positive id
     cap_row = {c: j for j, c in enumerate(mem.caption_ids)}
-    for table in stream.pass_tables(2, 70):
-        rows, emb = stream.tensors(table)
-        caps = [cap_row[c] for c in table.column("caption_id").to_pylist()]
+    for batch in stream.pass_batches(2, 70):
+        rows, emb = stream.tensors(batch)
+        caps = [cap_row[c] for c in batch["caption_id"].tolist()]
         np.testing.assert_array_equal(rows.numpy(), mem.caption_item[caps])
         np.testing.assert_array_equal(emb.numpy(), mem.caption_emb[caps])
 
@@ -86,9 +87,9 @@ def test_captions_of_one_item_in_a_batch_are_positives(ray_local, sharded_store,
     ds = caption_dataset(str(sharded_store / "train"), seed=1, columns=COLUMNS)
     stream = CaptionStream(ds, cfg, world=1, device=torch.device("cpu"))
     shared = 0
-    for table in stream.pass_tables(0, 70):
-        rows, _ = stream.tensors(table)
-        names = np.array(table.column("item_id").to_pylist(), dtype=object)
+    for batch in stream.pass_batches(0, 70):
+        rows, _ = stream.tensors(batch)
+        names = np.asarray(batch["item_id"], dtype=object)
         same_item = torch.from_numpy(names[:, None] == names[None, :])
         assert torch.equal(positive_mask(rows), same_item)  # labels = item ids, not row positions
         shared += int(same_item.sum()) - len(names)
