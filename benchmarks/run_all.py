@@ -35,6 +35,7 @@ BENCHMARKS = {
     "training": "bench_training.py",
     "streaming": "bench_streaming.py",
     "caching": "bench_caching.py",
+    "cache_cluster": "bench_cache_cluster.py",
     "tuning": "bench_tuning.py",
     "concurrency": "bench_concurrency.py",
     "demo": "bench_demo.py",

@@ -122,6 +122,14 @@ def test_caching_quick(ray_local, tmp_path):
 
 
 @pytest.mark.slow
+def test_cache_cluster_quick(tmp_path):
+    """Its own 3-node cluster (a subprocess) and driver subprocesses: independent of the session's Ray."""
+    import bench_cache_cluster
+
+    check_rows(bench_cache_cluster.run(quick=True, work=tmp_path), "cache cluster", 1)
+
+
+@pytest.mark.slow
 def test_tuning_quick(ray_local, tmp_path):
     import bench_tuning
 

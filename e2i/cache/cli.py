@@ -74,10 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from e2i.store.mirror import add_mirror_arguments
 
     a = parser.add_argument
-    a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file, image folder")
+    a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file, image folder; "
+                                        "local or s3://... (AWS_ENDPOINT_URL) or any pyarrow filesystem URI")
     a("--corpus", choices=("clotho", "coco", "jsonl", "imagefolder"), help="corpus kind (default: inferred)")
     a("--split", help="corpus split, e.g. development / val2017 (default: the reader's)")
-    a("--cache-dir", default="stores", help="store root; writes <cache-dir>/<dataset>/<split>/ (default: stores)")
+    a("--cache-dir", default="stores",
+      help="store root, local or s3://...; writes <cache-dir>/<dataset>/<split>/ (default: stores)")
     a("--dataset", help="dataset name in the store (default: the corpus name, e.g. clotho, toy)")
     a("--batch-size", type=int, default=None,
       help="rows per encoder call (default: per encoder: 2048 for ngram-hash, 64 for logmel-stats/image-stats, "
@@ -99,7 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--cpus-per-gpu", type=float, default=None,
       help="with GPU actors: CPUs the run may use per actor, decoding included; Ray Data asks the autoscaler "
            f"for no more (default: {CPUS_PER_GPU:g}, a g5.xlarge)")
-    a("--shard-size", type=int, default=10_000, help="rows per store shard, the unit of resume (default: 10000)")
+    a("--shard-size", type=int, default=10_000,
+      help="rows per store shard with driver writes, the unit of resume (default: 10000)")
+    a("--write-on", choices=("auto", "driver", "workers"), default="auto",
+      help="who writes the shards: the driver (rows come back to it), or the embedding actors straight to the "
+           "store (one shard per embedding block; the store must be object storage or a path every node shares); "
+           "auto: workers when the store is s3://... and the cluster has several nodes (default: auto)")
     a("--with-images", action="store_true",
       help="also write pseudo-images of the embeddings under <split>/pseudo_images/ (e2i.cache.images)")
     add_image_options(parser)
@@ -120,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, audio_encoder=args.audio_encoder, text_encoder=args.text_encoder,
         image_encoder=args.image_encoder, encoder_options=encoder_options_from_args(args),
         curate_captions=args.curate_captions, num_actors=args.num_actors, shard_size=args.shard_size,
-        use_gpu=args.use_gpu, cpu_only=args.cpu_only, cpus_per_gpu=args.cpus_per_gpu, with_images=args.with_images,
+        use_gpu=args.use_gpu, cpu_only=args.cpu_only, cpus_per_gpu=args.cpus_per_gpu, write_on=args.write_on,
+        with_images=args.with_images,
         image_options=image_options(args), mirror=mirror, upload_every=args.upload_every,
         include_embeddings=args.include_embeddings, hf_token=hf_token,
         ray_init=lambda: _init_ray(args.ray_address, args.num_cpus))

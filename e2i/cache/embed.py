@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from e2i.cache.media import preprocess_remote
 from e2i.errors import ConfigError
 
 ERROR = "error"  # "" for a good row, else why it is rejected
@@ -167,12 +168,12 @@ def _cpu_threads() -> None:
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The CPU-task stage: a block spec's rows (:func:`expand_block`), the kind's encoder's ``preprocess``,
-    and ``_prep_pid`` (which worker decoded)."""
+    """The CPU-task stage: a block spec's rows (:func:`expand_block`), the kind's encoder's ``preprocess``
+    (media on object storage fetched here, :mod:`e2i.cache.media`), ``_prep_pid`` (which worker decoded)."""
     _cpu_threads()
     if "caption_id" in batch and "path" in batch:  # a block spec (input_blocks), not rows yet
         batch = expand_block(batch)
-    out = encoders[str(batch[KIND][0])].preprocess(batch)  # keeps the input columns, KIND among them
+    out = preprocess_remote(encoders[str(batch[KIND][0])], batch)  # keeps the input columns, KIND among them
     out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
     return out
 
@@ -252,7 +253,20 @@ def embed_stream(work: Mapping[str, list[dict]], encoders: Mapping[str, Any], *,
     # block, which on a cluster scaled to zero is a demand for as many CPUs (measured: 30 blocks -> two
     # 16-CPU nodes added). The dataset gets its own copy of the DataContext, changed below.
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
-    if gpu:
+    ds = embed_dataset(ds, encs, batch_sizes=batch_sizes, resources=resources, limits=limits, step=step)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def embed_dataset(ds: Any, encs: Mapping[str, Any], *, batch_sizes: Mapping[str, int], resources: dict[str, Any],
+                  limits: Mapping[str, float] | None, step: int | None, udf: type = EmbedBatch,
+                  udf_kwargs: Mapping[str, Any] | None = None, keep_blocks: bool = False) -> Any:
+    """``ds`` (blocks of rows or block specs, one kind each) -> preprocess tasks -> the ``udf`` actor pool
+    (:class:`EmbedBatch` or a subclass, constructed with ``encoders``, ``batch_sizes`` and ``udf_kwargs``).
+    ``step``: the actors' batch size (None: a batch is one block). ``keep_blocks``: no size-based block
+    splitting, so one input block stays one block up to the actors (GPU pools and worker-side writes)."""
+    import ray.data
+
+    if keep_blocks or step is not None:
         ds.context.target_max_block_size = None  # one output block per input block (one kind each)
     decode: dict[str, Any] = {}
     if limits:
@@ -264,6 +278,7 @@ def embed_stream(work: Mapping[str, list[dict]], encoders: Mapping[str, Any], *,
         decode["compute"] = ray.data.TaskPoolStrategy(size=max(1, int(limits["cpu"] - actor_cpus)))
     ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoders": encs}, batch_size=None, batch_format="numpy",
                         num_cpus=1, **decode)
-    ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes)},
+    ds = ds.map_batches(udf, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes),
+                                                   **dict(udf_kwargs or {})},
                         batch_size=step, batch_format="numpy", **resources)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    return ds

@@ -68,6 +68,7 @@ from e2i.cache.shards import (
     item_rows,
 )
 from e2i.cache.summary import PhaseStats, print_summary, resources_summary, run_summary
+from e2i.cache.workers import choose_write_on, split_dir
 from e2i.errors import ConfigError, CorpusError
 
 DEFAULTS = {"audio": "passt", "text": "hf-text", "image": "hf-image"}
@@ -76,7 +77,9 @@ LIGHT = {"audio": "logmel-stats", "text": "ngram-hash", "image": "image-stats"}
 
 def infer_corpus_kind(path: str | os.PathLike) -> str:
     """Guess the reader for ``--metadata``: Clotho CSV/dir, COCO root, JSON/JSONL metadata, image folder."""
-    p = Path(path)
+    from e2i.corpus.fspath import corpus_path
+
+    p = corpus_path(path)  # a local Path, or an FsPath for s3://... (listed, nothing downloaded)
     if p.is_file():
         if p.suffix.lower() == ".csv":
             return "clotho"
@@ -120,6 +123,10 @@ class CacheRun:
         self._since_upload = 0
         self._unresolved: set[str] = set()  # items of this run not yet out of the pipeline
         self._bad_items: set[str] = set()  # items of this run rejected on the way
+        self.shards: list[dict] = []  # worker-side writes: statistics of the shards the workers wrote
+
+    def pool_summary(self, res: dict) -> dict:
+        return resources_summary(res, self.cpus_per_gpu)
 
     def embed(self, work: dict[str, list[dict]], meta: MetaColumns | None = None) -> None:
         """Embed ``work`` ({"items": rows, "captions": rows}) in one stream and write the shards.
@@ -219,14 +226,17 @@ class CacheRun:
         return out
 
     def finalize(self, complete: bool) -> dict | None:
-        """Write pending rejected rows, then the manifest (last) if any item shard exists."""
+        """Write pending rejected rows, then the manifest (last) if any item shard exists. With worker-side
+        writes the manifest is assembled from the workers' shard statistics (no shard read again here)."""
         if self.rejected:
             self.writer.write_rejected(self.rejected)
             self.rejected.clear()
+        self.writer.add_known(self.shards)
         if not self.writer.completed_shards("items"):
             return None
         self.writer.encoders = self.encoder_entries()
-        return self.writer.finalize(extra={"cache": {**self.extra, "complete": complete}})
+        return self.writer.finalize(extra={"cache": {**self.extra, "complete": complete}},
+                                    check_ids=self.extra.get("write_on") != "workers")
 
     def sync(self, images: bool) -> None:
         from e2i.store.mirror import split_files
@@ -251,7 +261,8 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
                  mirror: str | None = None, upload_every: int | None = None, include_embeddings: bool = False,
                  hf_token: str | None = None, mirror_attempts: int = 4, mirror_backoff: float = 1.0,
                  quiet: bool = False, use_gpu: bool = False, cpu_only: bool = False,
-                 cpus_per_gpu: float | None = None, ray_init: Callable[[], Any] | None = None) -> dict:
+                 cpus_per_gpu: float | None = None, write_on: str = "auto",
+                 ray_init: Callable[[], Any] | None = None) -> dict:
     """Embed a corpus into ``<cache_dir>/<dataset>/<split>/`` and return the run summary (see module doc).
 
     ``cpu_only``: CPU actors even on a cluster with GPUs. ``cpus_per_gpu``: with GPU actors, the run uses at
@@ -272,11 +283,20 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     # [1] read the corpus, build the encoders, open the split (refusing shards of another encoder)
     t_start = time.perf_counter()
     kind = corpus or infer_corpus_kind(metadata)
+    where = choose_write_on(write_on, cache_dir, mirror=mirror, with_images=with_images, ray_init=ray_init)
+    if where["path"] == "workers":
+        from e2i.cache.workers import cache_on_workers
+
+        return cache_on_workers(
+            metadata, kind, where, split=split, cache_dir=cache_dir, dataset=dataset, batch_size=batch_size,
+            names={"audio": audio_encoder, "image": image_encoder, "text": text_encoder},
+            encoder_options=encoder_options or {}, curate_captions=curate_captions, num_actors=num_actors,
+            use_gpu=use_gpu, cpu_only=cpu_only, cpus_per_gpu=cpus_per_gpu, quiet=quiet, t_start=t_start)
     data = read_corpus(kind, metadata, split=split, curate=curate_captions)
     names = {"audio": audio_encoder, "image": image_encoder, "text": text_encoder}
     encs = _build_encoders(names, _items_modality(data, metadata), encoder_options or {})
     dataset = dataset or data.name
-    out = Path(cache_dir) / dataset / data.split
+    out = split_dir(cache_dir, dataset, data.split)
     writer = StoreWriter(out, dataset=dataset, split=data.split)  # encoders are set once dims are known
     for k in ("items", "captions"):
         check_resume_compatible(writer, k, encs[k].manifest_entry())
@@ -286,7 +306,7 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     if data.rejected:
         writer.write_rejected(data.rejected_rows())
     mirror_obj = _open_mirror(mirror, out, hf_token, mirror_attempts, mirror_backoff)
-    extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions}
+    extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions, "write_on": "driver"}
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=shard_size, num_actors=num_actors,
                    extra=extra, mirror=mirror_obj, upload_every=upload_every,
                    mirror_embeddings=not with_images or include_embeddings, use_gpu=use_gpu,
@@ -299,10 +319,11 @@ def cache_corpus(metadata: str | os.PathLike, *, corpus: str | None = None, spli
     # [4] the manifest last, then the pseudo-images and the final mirror sync
     manifest = run.finalize(complete=True)
     if manifest is None:
-        raise CorpusError(f"{metadata}: every item was rejected (see {out / 'rejected.parquet'})")
+        raise CorpusError(f"{metadata}: every item was rejected (see {out}/rejected.parquet)")
     images = _export_images(out, image_options) if with_images else None
     run.sync(images=with_images)
     summary = run_summary(out, dataset, data, kind, run, manifest, t_start, images)
+    summary["write_on"] = where
     if not quiet:
         print_summary(summary)
     return summary

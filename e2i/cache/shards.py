@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +20,7 @@ import pyarrow as pa
 from e2i.cache.embed import KEEP
 from e2i.cache.summary import PhaseStats
 from e2i.errors import StoreError
+from e2i.store.fs import is_shard_name
 
 
 class ShardBuffer:
@@ -117,19 +116,21 @@ def check_resume_compatible(writer: Any, kind: str, entry: dict) -> None:
     with the ``e2i.encoder`` schema metadata of an existing shard and with an existing manifest."""
     import pyarrow.parquet as pq
 
+    from e2i.store.fs import join, list_files, read_json, shown_path
+
     want = shard_encoder_tag(entry)
-    for info in list(writer.completed_shards(kind).values())[:1]:
-        meta = pq.read_schema(os.path.join(writer.root, info["path"])).metadata or {}
+    for f in [f for f in list_files(writer.fs, join(writer.root, kind)) if is_shard_name(f.base_name)][:1]:
+        meta = pq.read_schema(f.path, filesystem=writer.fs).metadata or {}
         have = meta.get(b"e2i.encoder", b"").decode()
         if have and have != want:
-            raise StoreError(f"{writer.uri}/{info['path']}: written with encoder {have}, this run uses {want}; "
-                             "use another --cache-dir/--dataset or delete the split")
-    manifest = Path(writer.root, "manifest.json")
-    if manifest.is_file():
-        old = (json.loads(manifest.read_text()).get("encoders") or {}).get(entry["modality"])
-        if old and shard_encoder_tag(old) != want:
-            raise StoreError(f"{manifest}: split was written with encoder {shard_encoder_tag(old)}, this run "
-                             f"uses {want}; use another --cache-dir/--dataset or delete the split")
+            raise StoreError(f"{writer.uri}/{kind}/{f.base_name}: written with encoder {have}, this run uses "
+                             f"{want}; use another --cache-dir/--dataset or delete the split")
+    manifest = shown_path(writer.uri, "manifest.json")
+    old = ((read_json(writer.fs, join(writer.root, "manifest.json"), manifest) or {}).get("encoders")
+           or {}).get(entry["modality"])
+    if old and shard_encoder_tag(old) != want:
+        raise StoreError(f"{manifest}: split was written with encoder {shard_encoder_tag(old)}, this run "
+                         f"uses {want}; use another --cache-dir/--dataset or delete the split")
 
 
 def item_rows(data: Any, writer: Any, stats: PhaseStats) -> list[dict]:
@@ -163,6 +164,9 @@ def existing_dim(writer: Any, kind: str) -> int | None:
     """Embedding dim of the split's existing shards of ``kind`` (None if there are none)."""
     import pyarrow.parquet as pq
 
-    for info in writer.completed_shards(kind).values():
-        return pq.read_schema(os.path.join(writer.root, info["path"])).field("embedding").type.list_size
+    from e2i.store.fs import join, list_files
+
+    for f in list_files(writer.fs, join(writer.root, kind)):
+        if is_shard_name(f.base_name):
+            return pq.read_schema(f.path, filesystem=writer.fs).field("embedding").type.list_size
     return None

@@ -89,6 +89,9 @@ def print_summary(summary: dict) -> None:
             f"{rej['pipeline']} in the pipeline ({rej['stored']} in rejected.parquet)")
     if pool.get("limits"):
         line += f"; run capped at {pool['limits']['cpu']:g} CPUs, {pool['limits']['gpu']:g} GPUs"
+    if summary.get("write_on"):
+        w = summary["write_on"]
+        line += f"; shards written by the {w['path']} ({w['reason']})"
     console.print(line, highlight=False)
     if summary["images"]:
         im = summary["images"]

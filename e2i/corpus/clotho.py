@@ -23,6 +23,7 @@ from pathlib import Path
 
 from e2i.corpus.curate import Captions
 from e2i.corpus.files import BAD_UTF8, FileFinder, check_file, printable, read_text
+from e2i.corpus.fspath import corpus_path
 from e2i.corpus.rows import Corpus, Item, Rejected
 from e2i.errors import CorpusError
 
@@ -108,7 +109,7 @@ def _number(text: str) -> str | int | float:
 
 def read_clotho(path: str | os.PathLike, *, split: str | None = None, curate: bool = False) -> Corpus:
     """Clotho v2.1 captions CSV + audio folder -> Corpus (see module docstring for layouts)."""
-    csv_path, split = _find_clotho_csv(Path(path), split)
+    csv_path, split = _find_clotho_csv(corpus_path(path), split)
     audio_dir = _find_clotho_audio(csv_path, split)
     header, rows = _csv_rows(csv_path)
     missing = [c for c in CLOTHO_COLUMNS if c not in header]

@@ -15,6 +15,7 @@ from typing import Any
 
 from e2i.corpus.curate import Captions
 from e2i.corpus.files import check_file, load_json
+from e2i.corpus.fspath import corpus_path
 from e2i.corpus.rows import Corpus, Item, Rejected
 from e2i.errors import CorpusError
 
@@ -50,7 +51,7 @@ def _find_coco_images(json_path: Path, split: str) -> Path:
 
 def read_coco(path: str | os.PathLike, *, split: str | None = None, curate: bool = False) -> Corpus:
     """COCO captions JSON + image folder -> Corpus, one item per image (captions in file order)."""
-    json_path, split = _find_coco_json(Path(path), split)
+    json_path, split = _find_coco_json(corpus_path(path), split)
     data = load_json(json_path)
     missing = [k for k in ("images", "annotations") if not isinstance(data, dict) or k not in data]
     if missing:

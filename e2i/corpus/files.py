@@ -59,7 +59,7 @@ class FileFinder:
     """Finds ``name`` in ``folder``; falls back to a unique match ignoring Unicode form, case, spaces
     and underscores (archives extracted on other systems, or names 'fixed' by hand)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path):  # or an e2i.corpus.fspath.FsPath
         self.folder = folder
         self._index: dict[str, list[str]] | None = None
 
@@ -73,8 +73,8 @@ class FileFinder:
             return exact
         if self._index is None:
             self._index = {}
-            for entry in os.listdir(self.folder) if self.folder.is_dir() else []:
-                self._index.setdefault(self._key(entry), []).append(entry)
+            for entry in self.folder.iterdir() if self.folder.is_dir() else []:
+                self._index.setdefault(self._key(entry.name), []).append(entry.name)
         hits = self._index.get(self._key(name), [])
         return self.folder / hits[0] if len(hits) == 1 and (self.folder / hits[0]).is_file() else None
 

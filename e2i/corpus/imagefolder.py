@@ -9,10 +9,10 @@ folders and non-image files are rejected rows.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from e2i.corpus.curate import Captions
 from e2i.corpus.files import check_file, modality_of, rel_path
+from e2i.corpus.fspath import corpus_path
 from e2i.corpus.rows import Corpus, Item, Rejected
 from e2i.errors import CorpusError
 
@@ -21,7 +21,7 @@ def read_imagefolder(
     path: str | os.PathLike, *, split: str | None = None, curate: bool = False, template: str = "{}"
 ) -> Corpus:
     """``<root>[/<split>]/<class>/**/<image>`` -> one item per image, caption from the class name."""
-    root = Path(path) / split if split else Path(path)
+    root = corpus_path(path) / split if split else corpus_path(path)  # local, or s3://... (FsPath)
     if not root.is_dir():
         raise CorpusError(f"{root}: not a directory")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -18,6 +18,7 @@ from typing import Any
 
 from e2i.corpus.curate import Captions
 from e2i.corpus.files import BAD_UTF8, check_file, load_json, modality_of, read_text
+from e2i.corpus.fspath import corpus_path, is_uri
 from e2i.corpus.rows import Corpus, Item, Rejected
 from e2i.errors import CorpusError
 
@@ -73,7 +74,7 @@ def _record_path(rec: dict) -> str | None:
 
 def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: bool = False) -> Corpus:
     """Generic JSON/JSONL metadata (media path + caption(s) per record) -> Corpus."""
-    meta_path = _find_metadata(Path(path), split)
+    meta_path = _find_metadata(corpus_path(path), split)
     base = meta_path.parent
     corpus, seen = Corpus(meta_path.stem, split or meta_path.stem, []), {}
     for source, rec, problem in _records(meta_path):
@@ -84,9 +85,7 @@ def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: boo
             problem = f"no media path (keys tried: {', '.join(PATH_KEYS)})"
         item_id = str(rec.get("id", raw)) if isinstance(rec, dict) and raw else ""
         modality = (rec.get("modality") or modality_of(raw)) if raw else None
-        if not problem and "://" in raw:
-            problem = f"remote path not supported: {raw}"
-        elif not problem and modality not in ("audio", "image"):
+        if not problem and modality not in ("audio", "image"):
             problem = f"cannot tell modality of {raw!r} (extension not audio/image, no 'modality' key)"
         elif not problem and item_id in seen:
             problem = f"duplicate id (first at {seen[item_id]})"
@@ -94,8 +93,8 @@ def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: boo
             corpus.rejected.append(Rejected(source, item_id, problem))
             continue
         seen[item_id] = source
-        media = Path(os.path.expanduser(raw))
-        media = media if media.is_absolute() else base / media
+        media = corpus_path(raw) if is_uri(raw) else Path(os.path.expanduser(raw))
+        media = media if media.is_absolute() else base / media  # base: a Path or an FsPath
         texts = (
             rec["captions"]
             if isinstance(rec.get("captions"), list)

@@ -36,7 +36,8 @@ _READ_CHUNK = 8 << 20  # bytes per read when hashing a file
 
 
 def open_fs(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """Return ``(filesystem, path)`` for a local path or an ``s3://bucket/prefix`` URI.
+    """Return ``(filesystem, path)`` for a local path, an ``s3://bucket/prefix`` URI or any other URI
+    ``pyarrow.fs.FileSystem.from_uri`` knows (``gs://``, ``hdfs://``).
 
     S3: the endpoint comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (e.g.
     ``http://127.0.0.1:9000``; an ``http`` endpoint switches the scheme to http), the region from
@@ -56,8 +57,12 @@ def open_fs(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         return pafs.S3FileSystem(**kwargs), path
     if text.startswith("file://"):
         text = urlparse(text).path
-    if "://" in text:
-        raise StoreError(f"{text}: unsupported URI scheme (use a local path or s3://bucket/prefix)")
+    if "://" in text:  # gs://, hdfs://, ... : whatever pyarrow knows
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise StoreError(f"{text}: unsupported URI ({str(exc).strip().splitlines()[0]}; use a local path, "
+                             "s3://bucket/prefix or a URI pyarrow.fs knows)") from None
     return pafs.LocalFileSystem(), os.path.abspath(text)
 
 

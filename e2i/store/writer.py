@@ -224,10 +224,7 @@ class StoreWriter:
             other_rel = owner.get(i)
             if other_rel is not None and other_rel != rel:
                 raise StoreError(f"{where}: {ID_COLUMN[kind]} {i!r} already in {other_rel}")
-        data = _parquet_bytes(table)
-        write_atomic(self.fs, join(self.root, rel), data)
-        info = {"path": rel, "kind": kind, "rows": len(table), "bytes": data.size,
-                "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
+        info = write_shard_file(self.fs, self.root, kind, table, name)
         self._info[rel] = info
         if rel in self._ids[kind]:  # a rewritten shard: drop the inverse entries of its old ids
             for old in self._ids[kind][rel] - set(ids):
@@ -235,6 +232,14 @@ class StoreWriter:
         self._ids[kind][rel] = set(ids)
         self._owner[kind].update(dict.fromkeys(ids, rel))
         return info
+
+    def add_known(self, infos: Iterable[dict]) -> None:
+        """Shard infos ({path, kind, rows, bytes, sha256, ...}) written by other processes (e.g. Ray
+        workers, :func:`write_shard_file`): ``finalize`` takes them as they are (extra keys such as the
+        writer's ``node`` go into the manifest) instead of hashing the files again; a file whose size
+        differs from its info is hashed."""
+        for info in infos:
+            self._info[info["path"]] = dict(info)
 
     def write_rejected(self, rows: Iterable[Any]) -> int:
         """Merge rejected rows (dicts or objects with source/id/reason) into rejected.parquet.
@@ -254,13 +259,18 @@ class StoreWriter:
         write_atomic(self.fs, path, sink.getvalue())
         return len(new)
 
-    def finalize(self, extra: dict | None = None) -> dict:
-        """Check all complete shards together and write manifest.json last; returns the manifest."""
+    def finalize(self, extra: dict | None = None, *, check_ids: bool = True) -> dict:
+        """Check all complete shards together and write manifest.json last; returns the manifest.
+
+        ``check_ids=False`` skips the cross-shard id check (it reads every id onto this process): for
+        writers whose shards are disjoint by construction (``e2i cache --write-on workers``);
+        ``e2i store verify`` still checks them."""
         shards = {k: sorted(self.completed_shards(k).values(), key=lambda s: s["path"]) for k in KINDS}
         if not shards["items"]:
             raise StoreError(f"{shown_path(self.uri, 'items')}: no shards written; nothing to finalize")
         dims = {k: self._consistent_dim(k, shards[k]) for k in KINDS}
-        self._check_cross_shard()
+        if check_ids:
+            self._check_cross_shard()
         all_shards = shards["items"] + shards["captions"]
         counts = {k: sum(s["rows"] for s in shards[k]) for k in KINDS}
         counts["rejected"] = 0
@@ -312,6 +322,31 @@ class StoreWriter:
                 row = int(np.flatnonzero(~known)[0])
                 raise StoreError(f"{shown_path(self.uri, info['path'])}: caption {t.column(0)[row].as_py()!r} "
                                  f"points at missing item {t.column(1)[row].as_py()!r}")
+
+
+def write_shard_file(fs: pafs.FileSystem, root: str, kind: str, table: pa.Table, name: str,
+                     where: str | None = None) -> dict:
+    """Normalise ``table`` and write it atomically as ``<root>/<kind>/<name>.parquet`` (tmp + rename
+    locally, one PUT on object storage); returns its shard info {path, kind, rows, bytes, sha256}. No
+    check against other shards: :class:`StoreWriter` does those; Ray workers call this directly."""
+    rel = f"{kind}/{name}.parquet"
+    table = normalize_table(kind, table, where or rel)
+    data = _parquet_bytes(table)
+    write_atomic(fs, join(root, rel), data)
+    return {"path": rel, "kind": kind, "rows": len(table), "bytes": data.size,
+            "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
+
+
+def shard_ids(path: str | os.PathLike, kind: str) -> set[str]:
+    """Ids (item_id / caption_id) in the complete shards of ``kind`` of the split at ``path``: the id
+    column of each shard only, nothing hashed, nothing created or removed."""
+    fs, root = open_fs(path)
+    ids: set[str] = set()
+    for f in list_files(fs, join(root, kind)):
+        if is_shard_name(f.base_name):
+            col = pq.read_table(f.path, filesystem=fs, columns=[ID_COLUMN[kind]]).column(0)
+            ids.update(as_string(col, ID_COLUMN[kind], shown_path(os.fspath(path), f"{kind}/{f.base_name}")).to_pylist())
+    return ids
 
 
 # ----------------------------------------------------------------------------------------- whole splits

@@ -1,0 +1,344 @@
+"""`e2i cache --write-on workers`: the corpus index read on a worker, shards written by the embedding
+actors straight to the store, the driver left with shard statistics only.
+
+    index task (a worker): read_corpus -> anti-join against the ids of complete shards -> blocks
+      ─▶ ray.data.from_arrow_refs(blocks)       the index never reaches the driver's heap
+      ─▶ map_batches(preprocess_batch)           CPU tasks: fetch (s3://...) + decode / tokenise
+      ─▶ map_batches(EmbedWrite, ActorPoolStrategy)  embed one block, write it as one shard
+      ─▶ one statistics row per shard ─▶ the driver: counts, rejected rows, manifest (last)
+
+Items first, then captions (two datasets, one after the other): the captions' index task is given the
+items this run rejected and drops their captions ("item rejected"), so every stored caption points at a
+stored item without the driver holding any caption. The price is a second pool start-up (seconds).
+
+Deterministic names, exactly-once shards: a shard is ``part-w<16 hex>``, the sha1 of its kind and of the
+ids of its input block (rejected rows included). Blocks come from the index task in a fixed order and are
+never split or merged on the way (``keep_blocks``), so a block Ray Data retries after losing a node or an
+actor is written again under the same name (atomically: tmp + rename locally, one PUT on S3), and a re-run
+after any failure first drops the ids of complete shards (the anti-join), then writes only the rest.
+The first complete write of a name wins: a retry that finds its shard there reports that file (hash,
+node) instead of writing it again, so the manifest always describes the bytes in the store. Each shard
+records the node that wrote it (parquet metadata ``e2i.node`` and the manifest's ``node``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from e2i.cache.embed import ERROR, ID, KEEP, KIND, EmbedBatch, block_rows, embed_dataset, execution_limits
+from e2i.cache.shards import shard_encoder_tag
+from e2i.errors import ConfigError
+
+NODE_KEY = b"e2i.node"  # parquet schema metadata: the node that wrote the shard
+META = "_meta"  # items column: the item's metadata columns as JSON (typed again by the writer)
+
+
+def shard_name(kind: str, ids: Any) -> str:
+    """``part-w`` + the first 16 hex digits of sha1(kind, ids): the same block always gets the same name."""
+    digest = hashlib.sha1(kind.encode())
+    for i in ids:
+        digest.update(b"\0" + str(i).encode("utf-8", "surrogateescape"))
+    return f"part-w{digest.hexdigest()[:16]}"
+
+
+def done_ids(store: str, kind: str) -> set[str]:
+    """Ids in the complete shards of ``kind`` of the split at ``store`` (read where this runs)."""
+    from e2i.store.writer import shard_ids
+
+    return shard_ids(store, kind)
+
+
+def index_blocks(kind: str, corpus: Mapping[str, Any], store: str, batch_size: int, skip_items: list[str]):
+    """The index task (a Ray generator task on a worker): yields Arrow blocks of the rows of ``kind`` still
+    to embed, then one info dict (counts, the reader's rejected rows, captions rejected with their item,
+    the items' metadata schema)."""
+    from e2i.cache.shards import MetaColumns
+    from e2i.corpus import read_corpus
+
+    data = read_corpus(corpus["kind"], corpus["metadata"], split=corpus["split"], curate=corpus["curate"])
+    done = done_ids(store, kind)
+    info: dict[str, Any] = {"name": data.name, "split": data.split, "rejected": [], "meta_schema": None,
+                            "modalities": sorted({it.modality for it in data.items})}
+    if kind == "items":
+        todo = [it for it in data.items if it.item_id not in done]
+        meta = MetaColumns(data.items)
+        cols = {"item_id": pa.array([it.item_id for it in todo], pa.string()),
+                "path": pa.array([it.path for it in todo], pa.string())}
+        extra = pa.table(meta.columns(np.array([it.item_id for it in todo], dtype=object))) if meta.names else None
+        info["meta_schema"] = extra.schema if extra is not None else None
+        cols[META] = pa.array([json.dumps(r, default=str) for r in extra.to_pylist()] if extra is not None
+                              else [""] * len(todo), pa.string())
+        info.update(total=len(data.items), rejected=data.rejected_rows())
+    else:
+        skip, rows, todo = set(skip_items), data.caption_rows(), []
+        for r in rows:
+            if r["caption_id"] in done:
+                continue
+            if r["item_id"] in skip:
+                info["rejected"].append({"source": "captions", "id": r["caption_id"], "reason": "item rejected"})
+            else:
+                todo.append(r)
+        cols = {c: pa.array([r[c] for r in todo], pa.string()) for c in KEEP["captions"]}
+        info.update(total=len(rows))
+    info["skipped"] = info["total"] - len(todo) - (len(info["rejected"]) if kind == "captions" else 0)
+    info["todo"] = len(todo)
+    table = pa.table({KIND: pa.array([kind] * len(todo), pa.string()), **cols})
+    step = block_rows(len(todo), batch_size)
+    n = max(1, len(todo) // step) if len(todo) else 0  # near-equal blocks of >= step rows, as input_blocks
+    bounds = [i * len(todo) // n for i in range(n + 1)] if n else []
+    info["block_rows"] = [hi - lo for lo, hi in itertools.pairwise(bounds)]
+    for lo, hi in itertools.pairwise(bounds):
+        yield table.slice(lo, hi - lo)
+    yield info
+
+
+class EmbedWrite(EmbedBatch):
+    """:class:`EmbedBatch` that writes each embedded block as one shard of the store at ``store`` and
+    returns one statistics row (shard info, node, rejected rows as JSON, where it ran) instead of the
+    embeddings."""
+
+    def __init__(self, encoders: Mapping[str, Any], batch_sizes: Mapping[str, int] | None = None, *,
+                 store: str, meta_schema: pa.Schema | None = None) -> None:
+        import ray
+
+        from e2i.store.fs import open_fs
+
+        super().__init__(encoders, batch_sizes)
+        self.store, self.meta_schema = store, meta_schema
+        self.fs, self.root = open_fs(store)
+        self.node = ray.get_runtime_context().get_node_id()
+        self.tags = {k: shard_encoder_tag(enc.manifest_entry()).encode() for k, enc in self.encoders.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from e2i.store import embedding_array
+        from e2i.store.writer import write_shard_file
+
+        kind = str(batch[KIND][0])
+        name = shard_name(kind, batch[ID[kind]])
+        meta = batch.get(META)
+        out = super().__call__(batch)
+        ok = out[ERROR] == ""
+        enc = self.encoders[kind]
+        rejected = [{"source": f"{enc.modality}:{enc.name}", "id": str(out[ID[kind]][i]), "reason": str(out[ERROR][i])}
+                    for i in np.flatnonzero(~ok)]
+        info, node = {"path": "", "kind": kind, "rows": 0, "bytes": 0, "sha256": ""}, self.node
+        done = self._existing(kind, name) if ok.any() else None
+        if done is not None:  # a retry of a block already written: keep that file, report it as it is
+            info, node = done
+        elif ok.any():
+            arrays = {c: pa.array([str(v) for v in out[c][ok]], pa.string()) for c in KEEP[kind]}
+            arrays["embedding"] = embedding_array(out["embedding"][ok])
+            if kind == "items" and self.meta_schema is not None and meta is not None:
+                values = [json.loads(m) for m in meta[ok]]
+                for field in self.meta_schema:
+                    arrays[field.name] = pa.array([v.get(field.name) for v in values], field.type)
+            table = pa.table(arrays).replace_schema_metadata({b"e2i.encoder": self.tags[kind], NODE_KEY: self.node})
+            info = write_shard_file(self.fs, self.root, kind, table, name, where=f"{self.store}/{kind}/{name}.parquet")
+        return {"kind": np.array([kind], dtype=object), "info": np.array([json.dumps({**info, "node": node})],
+                                                                       dtype=object),
+                "rejected": np.array([json.dumps(rejected)], dtype=object),
+                "dim": np.array([out["embedding"].shape[1] if out["embedding"].ndim == 2 else 0], dtype=np.int64),
+                "placement": np.array([json.dumps([int(out["_pid"][0]), str(out["_gpu_ids"][0]),
+                                                   str(out["_device"][0])])], dtype=object),
+                "prep_pids": np.array([json.dumps(sorted(set(out["_prep_pid"].tolist())))], dtype=object)}
+
+
+    def _existing(self, kind: str, name: str) -> tuple[dict, str] | None:
+        """(shard info, writer node) of ``<kind>/<name>.parquet`` if a complete file is already there: Ray
+        Data re-runs a block whose output was lost with its node, after the first attempt may have written
+        it. The first complete write wins (the bytes of two attempts may differ: node id, float
+        reductions), and the manifest gets the hash and node of the file that is there."""
+        import pyarrow.parquet as pq
+
+        from e2i.store.fs import exists, join, num_rows, sha256_file
+
+        rel = f"{kind}/{name}.parquet"
+        path = join(self.root, rel)
+        if not exists(self.fs, path):
+            return None
+        sha, size = sha256_file(self.fs, path)
+        meta = pq.read_schema(path, filesystem=self.fs).metadata or {}
+        return ({"path": rel, "kind": kind, "rows": num_rows(self.fs, path), "bytes": size, "sha256": sha},
+                meta.get(NODE_KEY, b"").decode())
+
+
+def run_phase(run: Any, kind: str, corpus: Mapping[str, Any], store: str, skip_items: list[str],
+              res_for: Any) -> dict:
+    """One kind through index task -> preprocess -> EmbedWrite; fills ``run.stats[kind]`` and
+    ``run.rejected``; returns the index info. ``res_for(num_blocks)`` gives the pool's resources."""
+    import ray
+    import ray.data
+
+    t0 = time.perf_counter()
+    stats = run.stats[kind]
+    task = ray.remote(num_cpus=1, max_retries=3)(index_blocks)
+    refs = list(task.remote(kind, dict(corpus), store, run.batch_sizes[kind], list(skip_items)))
+    info = ray.get(refs[-1])
+    stats.total, stats.skipped = info["total"], info["skipped"]
+    run.rejected += info["rejected"]
+    stats.rejected += len(info["rejected"]) if kind == "captions" else 0
+    blocks = refs[:-1]
+    if blocks:
+        res = res_for(len(blocks))
+        stats.pool = run.pool_summary(res)
+        limits = execution_limits(res, run.cpus_per_gpu)
+        gpu = bool(res.get("num_gpus"))
+        step = min(info["block_rows"]) if gpu else None  # GPU: rows per actor call, <= any block
+        ds = ray.data.from_arrow_refs(blocks)
+        ds = embed_dataset(ds, {kind: run.encoders[kind]}, batch_sizes=run.batch_sizes, resources=res,
+                           limits=limits, step=step, udf=EmbedWrite, keep_blocks=True,
+                           udf_kwargs={"store": store, "meta_schema": info.get("meta_schema")})
+        seen: set[str] = set()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["kind"])):
+                shard = json.loads(batch["info"][i])
+                bad = json.loads(batch["rejected"][i])
+                run.rejected += bad
+                stats.rejected += len(bad)
+                if shard["path"] and shard["path"] not in seen:  # (a block's output is delivered once)
+                    seen.add(shard["path"])
+                    run.shards.append(shard)
+                    stats.embedded += shard["rows"]
+                    stats.dim = int(batch["dim"][i])
+                stats.placement.add(tuple(json.loads(batch["placement"][i])))
+                stats.preprocess_pids.update(json.loads(batch["prep_pids"][i]))
+    stats.seconds = time.perf_counter() - t0
+    return info
+
+
+WRITE_ON = ("auto", "driver", "workers")
+
+
+def choose_write_on(write_on: str, cache_dir: Any, *, mirror: str | None = None, with_images: bool = False,
+                    ray_init: Callable[[], Any] | None = None) -> dict:
+    """Who writes the shards: {"path": "driver" | "workers", "reason": ...}.
+
+    ``auto``: the workers when the store is on object storage (``s3://...``, every node reaches it) and
+    the Ray cluster has more than one node; the driver otherwise (one machine: nothing to gain, and the
+    driver path is the faster one for small runs; a local store on a multi-node cluster may not be shared
+    by the nodes: ``--write-on workers`` says it is). Starts Ray only when the answer depends on it."""
+    from e2i.corpus.fspath import is_uri
+
+    if write_on not in WRITE_ON:
+        raise ConfigError(f"--write-on: {write_on!r} is not one of {', '.join(WRITE_ON)}")
+    remote = is_uri(os.fspath(cache_dir))
+    if remote and (mirror or with_images):
+        raise ConfigError(f"--cache-dir {os.fspath(cache_dir)}: --mirror and --with-images need a local store "
+                          "(the store is already on object storage)")
+    if write_on != "auto":
+        if write_on == "workers" and (mirror or with_images):
+            raise ConfigError("--write-on workers: --mirror and --with-images run with driver writes only")
+        return {"path": write_on, "reason": "--write-on"}
+    if not remote or mirror or with_images:
+        return {"path": "driver", "reason": "local store" if not remote else "--mirror/--with-images"}
+    import ray
+
+    if not ray.is_initialized():
+        (ray_init or ray.init)()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        return {"path": "workers", "reason": f"object-storage store, {nodes} nodes"}
+    return {"path": "driver", "reason": "object-storage store, 1 node"}
+
+
+def split_dir(cache_dir: Any, dataset: str, split: str) -> Any:
+    """``<cache_dir>/<dataset>/<split>``: a Path, or a URI string for object storage."""
+    from e2i.corpus.fspath import is_uri
+
+    if is_uri(os.fspath(cache_dir)):
+        return f"{os.fspath(cache_dir).rstrip('/')}/{dataset}/{split}"
+    return Path(cache_dir) / dataset / split
+
+
+def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None, cache_dir: Any,
+                     dataset: str | None, batch_size: int | None, names: Mapping[str, str],
+                     encoder_options: Mapping[str, dict], curate_captions: bool, num_actors: int | None,
+                     use_gpu: bool, cpu_only: bool, cpus_per_gpu: float | None, quiet: bool,
+                     t_start: float) -> dict:
+    """`e2i cache` with worker-side writes (see the module doc); returns the same summary as the driver
+    path (``e2i.cache.summary.run_summary``) with ``write_on``. Ray starts here if it is not running."""
+    import ray
+
+    from e2i.cache.embed import pool_resources
+    from e2i.cache.pipeline import CacheRun, _build_encoders, check_resume_compatible
+    from e2i.cache.summary import print_summary, run_summary
+    from e2i.errors import CorpusError
+    from e2i.store import StoreWriter
+    from e2i.store.fs import create_dirs, open_fs
+
+    if not is_remote(cache_dir):  # a read-only or impossible output fails before Ray starts
+        fs, root = open_fs(cache_dir)
+        create_dirs(fs, root)
+    if not ray.is_initialized():
+        ray.init()
+    meta_uri = os.fspath(metadata) if is_remote(metadata) else os.path.abspath(os.fspath(metadata))
+    corpus = {"kind": kind, "metadata": meta_uri, "split": split, "curate": curate_captions}
+    # the items' index names the dataset, split and modality: read it first (on a worker), then the store
+    probe = ray.remote(num_cpus=1)(_corpus_header).remote(corpus)
+    header = ray.get(probe)
+    if not header["modalities"]:
+        raise CorpusError(f"{metadata}: no usable items ({header['rejected']} rejected rows)")
+    if len(header["modalities"]) > 1:
+        raise CorpusError(f"{metadata}: items mix modalities ({', '.join(header['modalities'])}); one store "
+                          "split holds one")
+    encs = _build_encoders(names, header["modalities"][0], encoder_options)
+    dataset = dataset or header["name"]
+    out = split_dir(cache_dir, dataset, header["split"])
+    store = os.fspath(out) if is_remote(out) else os.path.abspath(os.fspath(out))
+    writer = StoreWriter(store, dataset=dataset, split=header["split"])
+    for k in ("items", "captions"):
+        check_resume_compatible(writer, k, encs[k].manifest_entry())
+    extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions, "write_on": "workers"}
+    run = CacheRun(writer, encs, batch_size=batch_size, shard_size=1, num_actors=num_actors, extra=extra,
+                   use_gpu=use_gpu, cpu_only=cpu_only, cpus_per_gpu=cpus_per_gpu)
+    extra["batch_size"] = run.batch_sizes
+
+    def res_for(blocks: int) -> dict:
+        return pool_resources(run.cluster, num_actors=num_actors, use_gpu=use_gpu, cpu_only=cpu_only,
+                              num_batches=blocks)
+
+    items = run_phase(run, "items", corpus, store, [], res_for)
+    skip = sorted({r["id"] for r in run.rejected if r["source"] != "captions"})  # items rejected by now
+    run_phase(run, "captions", corpus, store, skip, res_for)
+    manifest = run.finalize(complete=True)
+    if manifest is None:
+        raise CorpusError(f"{metadata}: every item was rejected (see {store}/rejected.parquet)")
+    data = _CorpusCounts(header["split"], items["rejected"])
+    summary = run_summary(out, dataset, data, kind, run, manifest, t_start, None)
+    summary["write_on"] = where
+    summary["nodes"] = sorted({s["node"] for s in run.shards})
+    if not quiet:
+        print_summary(summary)
+    return summary
+
+
+class _CorpusCounts:
+    """What ``run_summary`` reads of a corpus: its split and the reader's rejected rows."""
+
+    def __init__(self, split: str, rejected: list) -> None:
+        self.split, self.rejected = split, rejected
+
+
+def _corpus_header(corpus: Mapping[str, Any]) -> dict:
+    """Name, split, item modalities and rejected count of a corpus (a task on a worker)."""
+    from e2i.corpus import read_corpus
+
+    data = read_corpus(corpus["kind"], corpus["metadata"], split=corpus["split"], curate=corpus["curate"])
+    return {"name": data.name, "split": data.split, "modalities": sorted({it.modality for it in data.items}),
+            "rejected": len(data.rejected)}
+
+
+def is_remote(path: Any) -> bool:
+    from e2i.corpus.fspath import is_uri
+
+    return is_uri(os.fspath(path))
