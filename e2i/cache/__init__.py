@@ -5,6 +5,8 @@ Modules, in pipeline order:
 - ``pipeline``: the driver, :func:`cache_corpus` (read the corpus, one phase per kind, manifest last);
 - ``embed``: the Ray Data stages (preprocess CPU tasks, the ``EmbedBatch`` actor pool, its resources);
 - ``shards``: shards of exactly ``--shard-size`` rows, item metadata columns, resume bookkeeping;
+- ``workers``: ``--write-on workers`` (index on a worker, shards written by the actors) and the choice of path;
+- ``media``: media on object storage, fetched by the decode tasks on the workers;
 - ``summary``: the summary ``cache_corpus`` returns and its table;
 - ``cli``: the flags of `e2i cache` (``add_arguments``/``run``, encoder options from flags);
 - ``pseudo_image``: one embedding <-> one RGB PNG (the layout, numpy + PIL);

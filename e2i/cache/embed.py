@@ -35,6 +35,7 @@ from e2i.cache.media import preprocess_remote
 from e2i.errors import ConfigError
 
 ERROR = "error"  # "" for a good row, else why it is rejected
+ITEM_REJECTED = "item rejected"  # a caption's error when its item was rejected
 KEEP = {"items": ("item_id", "path"), "captions": ("caption_id", "item_id", "text")}  # store columns per kind
 ID = {"items": "item_id", "captions": "caption_id"}
 SPEC_COLUMNS = ("item_id", "path", "caption_id", "text")  # block specs carry both kinds' columns
@@ -167,13 +168,19 @@ def _cpu_threads() -> None:
         torch.set_num_threads(threads)
 
 
-def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def preprocess_batch(batch: dict[str, np.ndarray], encoders: Mapping[str, Any],
+                     skip_items: frozenset | list = ()) -> dict[str, np.ndarray]:
     """The CPU-task stage: a block spec's rows (:func:`expand_block`), the kind's encoder's ``preprocess``
-    (media on object storage fetched here, :mod:`e2i.cache.media`), ``_prep_pid`` (which worker decoded)."""
+    (media on object storage fetched here, :mod:`e2i.cache.media`), ``_prep_pid`` (which worker decoded).
+    Captions of ``skip_items`` (items rejected earlier in the run) get the error :data:`ITEM_REJECTED`."""
     _cpu_threads()
     if "caption_id" in batch and "path" in batch:  # a block spec (input_blocks), not rows yet
         batch = expand_block(batch)
     out = preprocess_remote(encoders[str(batch[KIND][0])], batch)  # keeps the input columns, KIND among them
+    if len(skip_items) and "caption_id" in out:
+        skip = set(skip_items)
+        out[ERROR] = np.array([ITEM_REJECTED if i in skip else str(e) for i, e in zip(out["item_id"], out[ERROR])],
+                              dtype=object)
     out["_prep_pid"] = np.full(len(out[ERROR]), os.getpid(), dtype=np.int64)
     return out
 
@@ -259,11 +266,13 @@ def embed_stream(work: Mapping[str, list[dict]], encoders: Mapping[str, Any], *,
 
 def embed_dataset(ds: Any, encs: Mapping[str, Any], *, batch_sizes: Mapping[str, int], resources: dict[str, Any],
                   limits: Mapping[str, float] | None, step: int | None, udf: type = EmbedBatch,
-                  udf_kwargs: Mapping[str, Any] | None = None, keep_blocks: bool = False) -> Any:
+                  udf_kwargs: Mapping[str, Any] | None = None, keep_blocks: bool = False,
+                  skip_items: list[str] | None = None) -> Any:
     """``ds`` (blocks of rows or block specs, one kind each) -> preprocess tasks -> the ``udf`` actor pool
     (:class:`EmbedBatch` or a subclass, constructed with ``encoders``, ``batch_sizes`` and ``udf_kwargs``).
     ``step``: the actors' batch size (None: a batch is one block). ``keep_blocks``: no size-based block
-    splitting, so one input block stays one block up to the actors (GPU pools and worker-side writes)."""
+    splitting, so one input block stays one block up to the actors (GPU pools and worker-side writes).
+    ``skip_items``: see :func:`preprocess_batch`."""
     import ray.data
 
     if keep_blocks or step is not None:
@@ -276,7 +285,8 @@ def embed_dataset(ds: Any, encs: Mapping[str, Any], *, batch_sizes: Mapping[str,
         # the CPUs the actors leave under the limit run (or wait) at a time.
         actor_cpus = resources["compute"].max_size * resources.get("num_cpus", 1.0)
         decode["compute"] = ray.data.TaskPoolStrategy(size=max(1, int(limits["cpu"] - actor_cpus)))
-    ds = ds.map_batches(preprocess_batch, fn_kwargs={"encoders": encs}, batch_size=None, batch_format="numpy",
+    prep = {"encoders": encs, **({"skip_items": list(skip_items)} if skip_items else {})}
+    ds = ds.map_batches(preprocess_batch, fn_kwargs=prep, batch_size=None, batch_format="numpy",
                         num_cpus=1, **decode)
     ds = ds.map_batches(udf, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes),
                                                    **dict(udf_kwargs or {})},

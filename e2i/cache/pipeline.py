@@ -16,6 +16,9 @@ Modules: this one is the driver (:func:`cache_corpus`, :class:`CacheRun`: phases
 the resume bookkeeping, ``e2i.cache.summary`` the returned summary and its table, ``e2i.cache.cli`` the
 flags of `e2i cache`, ``e2i.cache.images`` the pseudo-images (``--with-images``).
 
+Past one machine, ``--write-on workers`` (``e2i.cache.workers``) reads the index on a worker and lets the
+actors write the shards; this module's driver-writes path stays the default on one node and for small runs.
+
 Why the driver writes the shards (and not a Datasink): rows reach the driver at the encoder's rate, and
 writing a shard (ids + a float32 matrix, one parquet file) takes milliseconds against the seconds the pool
 needs to embed it, so a single writer never limits throughput. Seeing every row on the driver gives

@@ -23,6 +23,7 @@ records the node that wrote it (parquet metadata ``e2i.node`` and the manifest's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -35,7 +36,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from e2i.cache.embed import ERROR, ID, KEEP, KIND, EmbedBatch, block_rows, embed_dataset, execution_limits
+from e2i.cache.embed import (
+    ERROR,
+    ID,
+    ITEM_REJECTED,
+    KEEP,
+    KIND,
+    EmbedBatch,
+    block_rows,
+    embed_dataset,
+    execution_limits,
+)
 from e2i.cache.shards import shard_encoder_tag
 from e2i.errors import ConfigError
 
@@ -58,48 +69,52 @@ def done_ids(store: str, kind: str) -> set[str]:
     return shard_ids(store, kind)
 
 
-def index_blocks(kind: str, corpus: Mapping[str, Any], store: str, batch_size: int, skip_items: list[str]):
-    """The index task (a Ray generator task on a worker): yields Arrow blocks of the rows of ``kind`` still
-    to embed, then one info dict (counts, the reader's rejected rows, captions rejected with their item,
-    the items' metadata schema)."""
+def index_blocks(corpus: Mapping[str, Any], cache_dir: str, dataset: str | None,
+                 batch_sizes: Mapping[str, Mapping[str, int]]):
+    """The index task (a Ray generator task on a worker), one read of the corpus for the whole run: yields a
+    header dict (dataset, split, store, item modalities, the reader's rejected rows, counts, the items'
+    metadata schema, blocks per kind), then the items' Arrow blocks, then the captions' blocks: the rows
+    not yet in a complete shard of ``<cache_dir>/<dataset>/<split>`` (the resume anti-join), in blocks of
+    ``batch_sizes[modality][kind]`` rows or more (:func:`e2i.cache.embed.block_rows`)."""
     from e2i.cache.shards import MetaColumns
     from e2i.corpus import read_corpus
 
     data = read_corpus(corpus["kind"], corpus["metadata"], split=corpus["split"], curate=corpus["curate"])
-    done = done_ids(store, kind)
-    info: dict[str, Any] = {"name": data.name, "split": data.split, "rejected": [], "meta_schema": None,
-                            "modalities": sorted({it.modality for it in data.items})}
-    if kind == "items":
-        todo = [it for it in data.items if it.item_id not in done]
-        meta = MetaColumns(data.items)
-        cols = {"item_id": pa.array([it.item_id for it in todo], pa.string()),
-                "path": pa.array([it.path for it in todo], pa.string())}
-        extra = pa.table(meta.columns(np.array([it.item_id for it in todo], dtype=object))) if meta.names else None
-        info["meta_schema"] = extra.schema if extra is not None else None
-        cols[META] = pa.array([json.dumps(r, default=str) for r in extra.to_pylist()] if extra is not None
-                              else [""] * len(todo), pa.string())
-        info.update(total=len(data.items), rejected=data.rejected_rows())
-    else:
-        skip, rows, todo = set(skip_items), data.caption_rows(), []
-        for r in rows:
-            if r["caption_id"] in done:
-                continue
-            if r["item_id"] in skip:
-                info["rejected"].append({"source": "captions", "id": r["caption_id"], "reason": "item rejected"})
-            else:
-                todo.append(r)
-        cols = {c: pa.array([r[c] for r in todo], pa.string()) for c in KEEP["captions"]}
-        info.update(total=len(rows))
-    info["skipped"] = info["total"] - len(todo) - (len(info["rejected"]) if kind == "captions" else 0)
-    info["todo"] = len(todo)
-    table = pa.table({KIND: pa.array([kind] * len(todo), pa.string()), **cols})
-    step = block_rows(len(todo), batch_size)
-    n = max(1, len(todo) // step) if len(todo) else 0  # near-equal blocks of >= step rows, as input_blocks
-    bounds = [i * len(todo) // n for i in range(n + 1)] if n else []
-    info["block_rows"] = [hi - lo for lo, hi in itertools.pairwise(bounds)]
-    for lo, hi in itertools.pairwise(bounds):
-        yield table.slice(lo, hi - lo)
-    yield info
+    name = dataset or data.name
+    out = split_dir(cache_dir, name, data.split)
+    store = os.fspath(out) if is_remote(out) else os.path.abspath(os.fspath(out))
+    modalities = sorted({it.modality for it in data.items})
+    head: dict[str, Any] = {"name": data.name, "dataset": name, "split": data.split, "store": store,
+                            "modalities": modalities, "rejected": data.rejected_rows(), "meta_schema": None,
+                            "total": {"items": len(data.items), "captions": data.num_captions}, "blocks": {}}
+    if len(modalities) != 1:
+        yield head
+        return
+    done = {k: done_ids(store, k) for k in ("items", "captions")}
+    todo = [it for it in data.items if it.item_id not in done["items"]]
+    meta = MetaColumns(data.items)
+    cols = {"item_id": pa.array([it.item_id for it in todo], pa.string()),
+            "path": pa.array([it.path for it in todo], pa.string())}
+    extra = pa.table(meta.columns(np.array([it.item_id for it in todo], dtype=object))) if meta.names else None
+    head["meta_schema"] = extra.schema if extra is not None else None
+    cols[META] = pa.array([json.dumps(r, default=str) for r in extra.to_pylist()] if extra is not None
+                          else [""] * len(todo), pa.string())
+    tables = {"items": pa.table({KIND: pa.array(["items"] * len(todo), pa.string()), **cols})}
+    caps = [r for r in data.caption_rows() if r["caption_id"] not in done["captions"]]
+    tables["captions"] = pa.table({KIND: pa.array(["captions"] * len(caps), pa.string()),
+                                   **{c: pa.array([r[c] for r in caps], pa.string()) for c in KEEP["captions"]}})
+    bounds = {}
+    for kind, table in tables.items():
+        n = len(table)
+        step = block_rows(n, batch_sizes[modalities[0]][kind])
+        k = max(1, n // step) if n else 0  # near-equal blocks of >= step rows, as e2i.cache.embed.input_blocks
+        bounds[kind] = list(itertools.pairwise([i * n // k for i in range(k + 1)] if k else []))
+        head["blocks"][kind] = [hi - lo for lo, hi in bounds[kind]]
+        head.setdefault("skipped", {})[kind] = head["total"][kind] - n
+    yield head
+    for kind, table in tables.items():
+        for lo, hi in bounds[kind]:
+            yield table.slice(lo, hi - lo)
 
 
 class EmbedWrite(EmbedBatch):
@@ -129,8 +144,8 @@ class EmbedWrite(EmbedBatch):
         out = super().__call__(batch)
         ok = out[ERROR] == ""
         enc = self.encoders[kind]
-        rejected = [{"source": f"{enc.modality}:{enc.name}", "id": str(out[ID[kind]][i]), "reason": str(out[ERROR][i])}
-                    for i in np.flatnonzero(~ok)]
+        rejected = [{"source": "captions" if out[ERROR][i] == ITEM_REJECTED else f"{enc.modality}:{enc.name}",
+                     "id": str(out[ID[kind]][i]), "reason": str(out[ERROR][i])} for i in np.flatnonzero(~ok)]
         info, node = {"path": "", "kind": kind, "rows": 0, "bytes": 0, "sha256": ""}, self.node
         done = self._existing(kind, name) if ok.any() else None
         if done is not None:  # a retry of a block already written: keep that file, report it as it is
@@ -172,32 +187,24 @@ class EmbedWrite(EmbedBatch):
                 meta.get(NODE_KEY, b"").decode())
 
 
-def run_phase(run: Any, kind: str, corpus: Mapping[str, Any], store: str, skip_items: list[str],
-              res_for: Any) -> dict:
-    """One kind through index task -> preprocess -> EmbedWrite; fills ``run.stats[kind]`` and
-    ``run.rejected``; returns the index info. ``res_for(num_blocks)`` gives the pool's resources."""
-    import ray
+def run_phase(run: Any, kind: str, blocks: list, head: Mapping[str, Any], skip_items: list[str],
+              res_for: Any) -> None:
+    """Embed and write the ``blocks`` (Arrow block refs of ``kind`` from :func:`index_blocks`) through
+    preprocess -> :class:`EmbedWrite`; fills ``run.stats[kind]``, ``run.shards`` and ``run.rejected``.
+    ``skip_items``: items rejected earlier in this run, whose captions are rejected ("item rejected")."""
     import ray.data
 
     t0 = time.perf_counter()
     stats = run.stats[kind]
-    task = ray.remote(num_cpus=1, max_retries=3)(index_blocks)
-    refs = list(task.remote(kind, dict(corpus), store, run.batch_sizes[kind], list(skip_items)))
-    info = ray.get(refs[-1])
-    stats.total, stats.skipped = info["total"], info["skipped"]
-    run.rejected += info["rejected"]
-    stats.rejected += len(info["rejected"]) if kind == "captions" else 0
-    blocks = refs[:-1]
+    stats.total, stats.skipped = head["total"][kind], head["skipped"][kind]
     if blocks:
         res = res_for(len(blocks))
         stats.pool = run.pool_summary(res)
-        limits = execution_limits(res, run.cpus_per_gpu)
-        gpu = bool(res.get("num_gpus"))
-        step = min(info["block_rows"]) if gpu else None  # GPU: rows per actor call, <= any block
-        ds = ray.data.from_arrow_refs(blocks)
-        ds = embed_dataset(ds, {kind: run.encoders[kind]}, batch_sizes=run.batch_sizes, resources=res,
-                           limits=limits, step=step, udf=EmbedWrite, keep_blocks=True,
-                           udf_kwargs={"store": store, "meta_schema": info.get("meta_schema")})
+        step = min(head["blocks"][kind]) if res.get("num_gpus") else None  # GPU: rows per call, <= any block
+        ds = embed_dataset(ray.data.from_arrow_refs(blocks), {kind: run.encoders[kind]}, batch_sizes=run.batch_sizes,
+                           resources=res, limits=execution_limits(res, run.cpus_per_gpu), step=step, udf=EmbedWrite,
+                           keep_blocks=True, skip_items=skip_items,
+                           udf_kwargs={"store": head["store"], "meta_schema": head["meta_schema"]})
         seen: set[str] = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["kind"])):
@@ -213,7 +220,6 @@ def run_phase(run: Any, kind: str, corpus: Mapping[str, Any], store: str, skip_i
                 stats.placement.add(tuple(json.loads(batch["placement"][i])))
                 stats.preprocess_pids.update(json.loads(batch["prep_pids"][i]))
     stats.seconds = time.perf_counter() - t0
-    return info
 
 
 WRITE_ON = ("auto", "driver", "workers")
@@ -266,10 +272,11 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
                      use_gpu: bool, cpu_only: bool, cpus_per_gpu: float | None, quiet: bool,
                      t_start: float) -> dict:
     """`e2i cache` with worker-side writes (see the module doc); returns the same summary as the driver
-    path (``e2i.cache.summary.run_summary``) with ``write_on``. Ray starts here if it is not running."""
+    path (``e2i.cache.summary.run_summary``) with ``write_on`` and the writers' ``nodes``. Ray starts here
+    if it is not running."""
     import ray
 
-    from e2i.cache.embed import pool_resources
+    from e2i.cache.embed import batch_size_for, pool_resources
     from e2i.cache.pipeline import CacheRun, _build_encoders, check_resume_compatible
     from e2i.cache.summary import print_summary, run_summary
     from e2i.errors import CorpusError
@@ -283,38 +290,42 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
         ray.init()
     meta_uri = os.fspath(metadata) if is_remote(metadata) else os.path.abspath(os.fspath(metadata))
     corpus = {"kind": kind, "metadata": meta_uri, "split": split, "curate": curate_captions}
-    # the items' index names the dataset, split and modality: read it first (on a worker), then the store
-    probe = ray.remote(num_cpus=1)(_corpus_header).remote(corpus)
-    header = ray.get(probe)
-    if not header["modalities"]:
-        raise CorpusError(f"{metadata}: no usable items ({header['rejected']} rejected rows)")
-    if len(header["modalities"]) > 1:
-        raise CorpusError(f"{metadata}: items mix modalities ({', '.join(header['modalities'])}); one store "
+    store_root = os.fspath(cache_dir) if is_remote(cache_dir) else os.path.abspath(os.fspath(cache_dir))
+    sizes = {}  # blocks are sized by the encoders' batch sizes; the items' modality is known after the read
+    for m in ("audio", "image"):
+        with contextlib.suppress(ConfigError):
+            sizes[m] = {k: batch_size_for(e, batch_size) for k, e in _build_encoders(names, m, encoder_options).items()}
+    gen = ray.remote(num_cpus=1, max_retries=3)(index_blocks).remote(corpus, store_root, dataset, sizes)
+    head = ray.get(next(gen))
+    if not head["modalities"]:
+        raise CorpusError(f"{metadata}: no usable items ({len(head['rejected'])} rejected rows)")
+    if len(head["modalities"]) > 1:
+        raise CorpusError(f"{metadata}: items mix modalities ({', '.join(head['modalities'])}); one store "
                           "split holds one")
-    encs = _build_encoders(names, header["modalities"][0], encoder_options)
-    dataset = dataset or header["name"]
-    out = split_dir(cache_dir, dataset, header["split"])
-    store = os.fspath(out) if is_remote(out) else os.path.abspath(os.fspath(out))
-    writer = StoreWriter(store, dataset=dataset, split=header["split"])
+    encs = _build_encoders(names, head["modalities"][0], encoder_options)
+    writer = StoreWriter(head["store"], dataset=head["dataset"], split=head["split"])
     for k in ("items", "captions"):
         check_resume_compatible(writer, k, encs[k].manifest_entry())
     extra = {"corpus": kind, "metadata": str(metadata), "curate_captions": curate_captions, "write_on": "workers"}
     run = CacheRun(writer, encs, batch_size=batch_size, shard_size=1, num_actors=num_actors, extra=extra,
                    use_gpu=use_gpu, cpu_only=cpu_only, cpus_per_gpu=cpus_per_gpu)
     extra["batch_size"] = run.batch_sizes
+    run.rejected += head["rejected"]
 
     def res_for(blocks: int) -> dict:
         return pool_resources(run.cluster, num_actors=num_actors, use_gpu=use_gpu, cpu_only=cpu_only,
                               num_batches=blocks)
 
-    items = run_phase(run, "items", corpus, store, [], res_for)
-    skip = sorted({r["id"] for r in run.rejected if r["source"] != "captions"})  # items rejected by now
-    run_phase(run, "captions", corpus, store, skip, res_for)
+    refs = {k: [next(gen) for _ in head["blocks"][k]] for k in ("items", "captions")}
+    run_phase(run, "items", refs["items"], head, [], res_for)
+    rejected_items = sorted({r["id"] for r in run.rejected})  # the reader's and the pipeline's
+    run_phase(run, "captions", refs["captions"], head, rejected_items, res_for)
     manifest = run.finalize(complete=True)
     if manifest is None:
-        raise CorpusError(f"{metadata}: every item was rejected (see {store}/rejected.parquet)")
-    data = _CorpusCounts(header["split"], items["rejected"])
-    summary = run_summary(out, dataset, data, kind, run, manifest, t_start, None)
+        raise CorpusError(f"{metadata}: every item was rejected (see {head['store']}/rejected.parquet)")
+    out = head["store"] if is_remote(head["store"]) else Path(head["store"])
+    summary = run_summary(out, head["dataset"], _CorpusCounts(head["split"], head["rejected"]), kind, run, manifest,
+                          t_start, None)
     summary["write_on"] = where
     summary["nodes"] = sorted({s["node"] for s in run.shards})
     if not quiet:
@@ -327,15 +338,6 @@ class _CorpusCounts:
 
     def __init__(self, split: str, rejected: list) -> None:
         self.split, self.rejected = split, rejected
-
-
-def _corpus_header(corpus: Mapping[str, Any]) -> dict:
-    """Name, split, item modalities and rejected count of a corpus (a task on a worker)."""
-    from e2i.corpus import read_corpus
-
-    data = read_corpus(corpus["kind"], corpus["metadata"], split=corpus["split"], curate=corpus["curate"])
-    return {"name": data.name, "split": data.split, "modalities": sorted({it.modality for it in data.items}),
-            "rejected": len(data.rejected)}
 
 
 def is_remote(path: Any) -> bool:
