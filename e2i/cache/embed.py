@@ -61,6 +61,14 @@ def batch_size_for(encoder: Any, requested: int | None = None) -> int:
     return int(getattr(encoder, "batch_size", None) or BATCH_SIZES.get(encoder.name, DEFAULT_BATCH_SIZE))
 
 
+def batch_size_by_name(name: str, requested: int | None = None) -> int:
+    """:func:`batch_size_for` from an encoder's registry name, without constructing it (constructing a
+    model encoder may fetch its config from the hub)."""
+    from e2i.encoders import ENCODERS
+
+    return batch_size_for(ENCODERS.get(name, type("unknown", (), {"name": name})), requested)
+
+
 def pool_resources(cluster: Mapping[str, float], *, num_actors: int | None = None,
                    num_batches: int | None = None, use_gpu: bool = False, cpu_only: bool = False) -> dict[str, Any]:
     """``map_batches`` kwargs for the embedding actor pool, from ``ray.cluster_resources()``.

@@ -2,14 +2,16 @@
 actors straight to the store, the driver left with shard statistics only.
 
     index task (a worker): read_corpus -> anti-join against the ids of complete shards -> blocks
+                           (a header first: dataset, split, modality; then items' blocks, captions' blocks)
       ─▶ ray.data.from_arrow_refs(blocks)       the index never reaches the driver's heap
       ─▶ map_batches(preprocess_batch)           CPU tasks: fetch (s3://...) + decode / tokenise
       ─▶ map_batches(EmbedWrite, ActorPoolStrategy)  embed one block, write it as one shard
       ─▶ one statistics row per shard ─▶ the driver: counts, rejected rows, manifest (last)
 
-Items first, then captions (two datasets, one after the other): the captions' index task is given the
-items this run rejected and drops their captions ("item rejected"), so every stored caption points at a
-stored item without the driver holding any caption. The price is a second pool start-up (seconds).
+Items first, then captions (two datasets, one after the other, fed by one index task): the captions'
+decode tasks are given the items this run rejected and mark their captions "item rejected", so every
+stored caption points at a stored item without the driver holding any caption. The price is a second
+pool start-up (seconds).
 
 Deterministic names, exactly-once shards: a shard is ``part-w<16 hex>``, the sha1 of its kind and of the
 ids of its input block (rejected rows included). Blocks come from the index task in a fixed order and are
@@ -23,7 +25,6 @@ records the node that wrote it (parquet metadata ``e2i.node`` and the manifest's
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -276,7 +277,7 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
     if it is not running."""
     import ray
 
-    from e2i.cache.embed import batch_size_for, pool_resources
+    from e2i.cache.embed import batch_size_by_name, pool_resources
     from e2i.cache.pipeline import CacheRun, _build_encoders, check_resume_compatible
     from e2i.cache.summary import print_summary, run_summary
     from e2i.errors import CorpusError
@@ -291,10 +292,10 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
     meta_uri = os.fspath(metadata) if is_remote(metadata) else os.path.abspath(os.fspath(metadata))
     corpus = {"kind": kind, "metadata": meta_uri, "split": split, "curate": curate_captions}
     store_root = os.fspath(cache_dir) if is_remote(cache_dir) else os.path.abspath(os.fspath(cache_dir))
-    sizes = {}  # blocks are sized by the encoders' batch sizes; the items' modality is known after the read
-    for m in ("audio", "image"):
-        with contextlib.suppress(ConfigError):
-            sizes[m] = {k: batch_size_for(e, batch_size) for k, e in _build_encoders(names, m, encoder_options).items()}
+    # blocks are sized by the encoders' batch sizes; the items' modality is known after the read
+    sizes = {m: {"items": batch_size_by_name(names[m], batch_size), "captions": batch_size_by_name(names["text"],
+                                                                                                   batch_size)}
+             for m in ("audio", "image")}
     gen = ray.remote(num_cpus=1, max_retries=3)(index_blocks).remote(corpus, store_root, dataset, sizes)
     head = ray.get(next(gen))
     if not head["modalities"]:
