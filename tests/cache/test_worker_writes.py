@@ -41,11 +41,11 @@ def rejected(split_dir) -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def both(ray_local, corpus, tmp_path_factory):
-    """The corpus through both paths (batches of 4 rows: several shards per kind)."""
+    """The corpus through both paths (batches of 8 rows: several shards per kind)."""
     root = tmp_path_factory.mktemp("stores-w")
     out = {}
     for path in ("workers", "driver"):
-        summary = cache.cache_corpus(corpus, cache_dir=root / path, batch_size=4, write_on=path, quiet=True, **LIGHT)
+        summary = cache.cache_corpus(corpus, cache_dir=root / path, batch_size=8, write_on=path, quiet=True, **LIGHT)
         out[path] = (summary, root / path / "toy" / "development")
     return out
 
@@ -83,7 +83,7 @@ def test_worker_writes_resume_embeds_exactly_what_is_missing(both, corpus, tmp_p
     for paths in lost.values():
         for p in paths:
             p.unlink()
-    summary = cache.cache_corpus(corpus, cache_dir=tmp_path, batch_size=4, write_on="workers", quiet=True, **LIGHT)
+    summary = cache.cache_corpus(corpus, cache_dir=tmp_path, batch_size=8, write_on="workers", quiet=True, **LIGHT)
     for kind in ("items", "captions"):
         assert summary[kind]["embedded"] == lost_rows[kind], (kind, summary[kind])
     assert verify_store(split) == []
@@ -133,7 +133,7 @@ def test_s3_corpus_media_are_read_by_the_decode_tasks(s3, both, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with tempfile.TemporaryDirectory(prefix="e2i-ray-", dir="/tmp") as ray_tmp:
         done = subprocess.run([sys.executable, "-m", "e2i", "cache", "--metadata", "s3://e2i-w/corpus", "--cache-dir",
-                               str(tmp_path), "--batch-size", "4", "--num-cpus", "2", "--audio-encoder", "logmel-stats",
+                               str(tmp_path), "--batch-size", "8", "--num-cpus", "2", "--audio-encoder", "logmel-stats",
                                "--text-encoder", "ngram-hash"], env={**env, "RAY_TMPDIR": ray_tmp},
                               capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
