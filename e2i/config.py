@@ -84,18 +84,19 @@ class ModelConfig:
     num_heads: int = 4  # attention head only; must divide hidden_dim
     num_layers: int = 2  # attention/mlp depth
     num_tokens: int = 8  # attention head: the input embedding is split into this many tokens
-    # initial temperature (logit scale = 1/T); None = the loss's default (INIT_TEMPERATURE: 0.1 for
-    # sigmoid_infonce as SigLIP, 0.07 for the softmax losses as CLIP), filled in when the TrainConfig
-    # is built, so a loaded config always shows the value used
+    # initial temperature (logit scale = 1/T); None = the loss's default (INIT_TEMPERATURE: 0.1 for sigmoid_infonce
+    # as SigLIP, 0.07 for the softmax losses as CLIP), filled in when the TrainConfig is built (shown when loaded)
     init_temperature: float | None = None
     init_bias: float = -10.0  # SigLIP's initial logit bias (paper: -10); sigmoid loss only
     learn_temperature: bool = True  # learn the logit scale (capped at 100 after each step)
     learn_bias: bool = True  # learn the logit bias (sigmoid loss only; independent of learn_temperature)
     warm_start: str = "none"  # a closed-form baseline (best on val, or by name) as epoch 0 of the selection
     warm_start_init: bool = False  # also start training from it (else cold, the baseline is only kept if best)
+    warm_start_margin: float = 1.0  # an epoch replaces the baseline only by a val gain > this many std errs
 
     def validate(self) -> None:
         _choice(self.type, HEAD_TYPES, "type"), _choice(self.warm_start, WARM_STARTS, "warm_start")
+        _positive(self.warm_start_margin, "warm_start_margin", allow_zero=True)
         for name in ("output_dim", "hidden_dim", "num_heads", "num_layers", "num_tokens"):
             _positive(getattr(self, name), name)
         if self.init_temperature is not None:
@@ -224,8 +225,7 @@ class TrainConfig:
     @property
     def metric_mode(self) -> str:
         """'max' for recall/mAP, 'min' for loss and ranks."""
-        last = self.metric.split("/")[-1]
-        return METRIC_MODES.get(last, "max")
+        return METRIC_MODES.get(self.metric.split("/")[-1], "max")
 
     @property
     def run_dir(self) -> str:

@@ -63,7 +63,7 @@ from e2i.store.mix import load_mix
 from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
 from e2i.train.schedule import PassPermutations, epoch_plan, global_batches, lr_at
-from e2i.train.warm_start import announce, copy_state, warm_start_
+from e2i.train.warm_start import announce, beats_baseline, copy_state, warm_start_
 
 Report = Callable[[dict, str | None], bool | None]
 # checkpoint_when(epoch, improved, last) -> write a checkpoint after this (1-based) epoch?
@@ -174,12 +174,13 @@ def val_metric_name(key: str) -> str:
 
 
 @torch.no_grad()
-def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: bool) -> dict:
-    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split."""
+def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: bool, per_query: bool = False):
+    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split; with
+    ``per_query``, ``(metrics, per-query values)`` (``retrieval_metrics(per_query=True)``'s)."""
     from e2i.evaluate.metrics import retrieval_metrics
 
     item_z, cap_z = embed_split(model, data)
-    raw = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False)
+    raw, pq = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False, per_query=True)
     out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith(("/ci95", "/num_queries"))}
     order = torch.randperm(data.num_captions, generator=torch.Generator().manual_seed(0)).to(cap_z.device)
     n_batches, size = global_batches(data.num_captions, batch_size, 1)
@@ -193,7 +194,7 @@ def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: boo
             )
         )
     out["val/loss"] = float(np.mean(losses))
-    return out
+    return (out, pq) if per_query else out
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -262,7 +263,7 @@ def run_training(
     if started:  # (val metrics, weights) of the baseline; rank 0 says which baseline it is
         start = copy_state(model)  # the baseline (warm_start_init) or the cold initialisation
         model.load_state_dict(started["state"])
-        initial = (validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used), started["state"])
+        initial = (*validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used, True), started["state"])
         model.load_state_dict(start)
         progress["best_metric"] = initial[0][cfg.metric]
         announce(cfg, started, initial[0], rank)
@@ -307,7 +308,7 @@ def run_training(
                     model=model,
                 )
         seconds = time.perf_counter() - start
-        val_metrics = validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used)
+        val_metrics, val_pq = validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used, True)
         metrics = {
             "epoch": epoch + 1,
             "step": progress["step"],
@@ -323,7 +324,9 @@ def run_training(
         value = metrics.get(cfg.metric)
         if value is None:
             raise KeyError(f"metric {cfg.metric!r} is not computed (have: {', '.join(sorted(metrics))})")
-        improved = _improved(value, progress["best_metric"], cfg.metric_mode)  # the selection (baseline: epoch 0)
+        improved = _improved(value, progress["best_metric"], cfg.metric_mode) and (  # the selection (baseline:
+            initial is None or beats_baseline(val_pq, initial[1], cfg.metric, cfg.metric_mode,  # epoch 0,
+                                              cfg.model.warm_start_margin))  # replaced only by a clear gain)
         own = _improved(value, own_best, cfg.metric_mode)  # patience: the trained epochs' own progress
         own_best = value if own else own_best
         if improved:
@@ -335,7 +338,7 @@ def run_training(
         stop = agree(patience > 0 and progress["bad_epochs"] >= patience, world)
         last = stop or epoch + 1 == cfg.optim.epochs
         if last and initial is not None and progress["best_epoch"] == 0:  # no epoch beat the baseline
-            model.load_state_dict(initial[1])  # the last checkpoint is the baseline (its val metrics too)
+            model.load_state_dict(initial[2])  # the last checkpoint is the baseline (its val metrics too)
             metrics.update(initial[0], warm_start_kept=1.0)
             progress.update(best_epoch=epoch + 1, bad_epochs=0)
             improved = True

@@ -179,3 +179,43 @@ def announce(cfg, started: dict, val_metrics: dict, rank: int = 0) -> None:
         print(f"[{cfg.name}] warm start: closed-form baseline {started['method']} (val t2i R@1 by method "
               f"{started['val'] or 'n/a'}; {started['seconds']:.1f}s), {cfg.metric} "
               f"{val_metrics[cfg.metric]:.4f} before training", flush=True)
+
+
+def per_query_key(metric: str) -> str | None:
+    """The per-query values of ``retrieval_metrics`` whose mean is the val ``metric`` (``val/mAP@10`` ->
+    ``text_to_item/mAP@10``, ``val/item_to_text/recall@1`` -> ``item_to_text/recall@1``, ``val/mean_rank``
+    -> the ranks), or None when it is not a mean over queries (``val/loss``, ``val/median_rank``)."""
+    name = metric.removeprefix("val/")
+    key = name if name.startswith("item_to_text/") else f"text_to_item/{name}"
+    return None if name == "loss" or key.endswith("median_rank") else key
+
+
+def paired_gain(epoch: np.ndarray, base: np.ndarray, clusters: np.ndarray, mode: str = "max") -> tuple[float, float]:
+    """(mean gain of an epoch over the baseline on a mean-over-queries metric, its standard error).
+
+    The gain is the mean of the paired per-query differences ``d`` (sign flipped for a metric to
+    minimise). Queries of one item (its captions) are not independent, so the error is the
+    cluster-robust one with items as clusters (the delta-method value of the item-level bootstrap of
+    ``e2i evaluate``'s intervals): ``sqrt(C / (C - 1) * sum_c (D_c - mean * n_c)^2) / n`` with ``D_c``,
+    ``n_c`` the sum and count of ``d`` over the captions of item ``c``; one caption per item gives the
+    ordinary ``sd / sqrt(n)``."""
+    d = np.asarray(epoch, np.float64) - np.asarray(base, np.float64)
+    d = -d if mode == "min" else d
+    _, code = np.unique(np.asarray(clusters), return_inverse=True)
+    n_c, sum_c = np.bincount(code).astype(np.float64), np.bincount(code, weights=d)
+    mean, c = float(d.mean()), len(n_c)
+    if c < 2:
+        return mean, float("inf")
+    return mean, float(np.sqrt(c / (c - 1) * np.sum((sum_c - mean * n_c) ** 2)) / len(d))
+
+
+def beats_baseline(epoch_pq: dict | None, base_pq: dict | None, metric: str, mode: str, margin: float) -> bool:
+    """Whether a trained epoch may replace the warm-start baseline: its paired gain on ``metric`` over
+    the val queries is above ``margin`` standard errors (:func:`paired_gain`). ``margin: 0`` (or a
+    metric that is not a mean over queries) is the plain comparison the caller makes anyway."""
+    key = per_query_key(metric)
+    if margin <= 0 or key is None or epoch_pq is None or base_pq is None:
+        return True
+    direction = key.split("/")[0]
+    gain, se = paired_gain(epoch_pq[key], base_pq[key], base_pq[f"{direction}/cluster"], mode)
+    return gain > margin * se

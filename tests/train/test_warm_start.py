@@ -170,3 +170,68 @@ def test_without_warm_start_init_training_is_the_cold_run_and_the_baseline_is_ke
     state = load_weights(tmp_path / "floor" / "best_model.safetensors")
     assert state["item_head.skip.weight"].abs().sum() > 0  # the baseline's map
     assert state["item_head.head.net.6.weight"].abs().sum() == 0  # the mlp's last layer (2 hidden layers) zeroed
+
+
+def test_paired_gain_is_the_item_level_bootstrap_standard_error_of_the_paired_difference():
+    """paired_gain's error is the cluster-robust one (items as clusters): within a few % of the standard
+    deviation of e2i's item-level paired bootstrap of the same difference, wider than the naive
+    query-level error when an item's captions move together, and sd/sqrt(n) with one caption per item."""
+    from e2i.evaluate.bootstrap import replicates
+    from e2i.train.warm_start import paired_gain
+
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(60), 4)  # 60 items x 4 captions
+    base = rng.random(240)
+    epoch = base + 0.02 + np.repeat(rng.normal(0, 0.1, 60), 4) + rng.normal(0, 0.05, 240)  # item effects
+    gain, se = paired_gain(epoch, base, clusters)
+    assert gain == pytest.approx(float(np.mean(epoch - base)))
+    reps, _ = replicates((epoch - base)[:, None], np.zeros((240, 0)), clusters, 4000, 1)
+    assert se == pytest.approx(float(reps.std()), rel=0.08)
+    assert se > 1.5 * np.std(epoch - base, ddof=1) / np.sqrt(240)  # the 4 captions are not 4 draws
+    d = rng.normal(size=50)
+    assert paired_gain(d, np.zeros(50), np.arange(50))[1] == pytest.approx(d.std(ddof=1) / np.sqrt(50))
+    assert paired_gain(-d, np.zeros(50), np.arange(50), mode="min")[0] == pytest.approx(d.mean())  # ranks: lower wins
+
+
+def test_a_trained_epoch_replaces_the_baseline_only_by_a_gain_beyond_the_margin():
+    """beats_baseline on a 100-query val split: an epoch that finds 6 queries the baseline missed and
+    misses 5 it found is one query ahead, within noise (gain 0.01, error 0.033), and keeps the
+    baseline at margin 1; 25 won for 5 lost is a real gain; margin 0 is the plain comparison; metrics
+    that are no mean over queries (val/loss) fall back to it too."""
+    from e2i.train.warm_start import beats_baseline, per_query_key
+
+    assert per_query_key("val/mAP@10") == "text_to_item/mAP@10"
+    assert per_query_key("val/item_to_text/recall@1") == "item_to_text/recall@1"
+    assert per_query_key("val/loss") is None and per_query_key("val/median_rank") is None
+    base = np.r_[np.ones(40), np.zeros(60)]
+    pq = lambda hits: {"text_to_item/mAP@10": hits, "text_to_item/cluster": np.arange(100)}  # noqa: E731
+    one, twenty = base.copy(), base.copy()
+    one[40:46], one[:5] = 1.0, 0.0
+    twenty[40:65], twenty[:5] = 1.0, 0.0
+    assert not beats_baseline(pq(one), pq(base), "val/mAP@10", "max", 1.0)
+    assert beats_baseline(pq(twenty), pq(base), "val/mAP@10", "max", 1.0)
+    assert beats_baseline(pq(one), pq(base), "val/mAP@10", "max", 0.0)
+    assert beats_baseline(None, None, "val/loss", "min", 1.0)
+    with pytest.raises(ConfigError, match="warm_start_margin"):
+        TrainConfig().replace({"model.warm_start_margin": -1})
+
+
+def test_the_loop_keeps_the_baseline_unless_an_epoch_beats_it_by_the_margin(store, tmp_path):
+    """The same warm-started training twice (from PLS, whose first fine-tuned epoch is better on val
+    here): with margin 0 that epoch replaces the baseline; with a margin no gain can clear, every
+    epoch trains the same but the run keeps the baseline (warm_start_kept, its val metrics in the last
+    epoch). The shipped configs use margin 1."""
+    from e2i.train.driver import train_local
+
+    base = {"output_dir": str(tmp_path), "data.store": str(store), "model.type": "clip", "model.output_dim": 16,
+            "model.hidden_dim": 32, "model.warm_start": "pls", "model.warm_start_init": True,
+            "loss.type": "softmax_infonce", "optim.epochs": 2, "optim.min_steps_per_epoch": 30,
+            "optim.batch_size": 64, "optim.lr": 1e-3}
+    plain = train_local(TrainConfig().replace({**base, "name": "m0", "model.warm_start_margin": 0.0}), evaluate=False)
+    strict = train_local(TrainConfig().replace({**base, "name": "m9", "model.warm_start_margin": 1e9}), evaluate=False)
+    assert plain["best_epoch"] >= 1 and "warm_start_kept" not in plain["history"][-1]
+    assert strict["history"][0]["val/mAP@10"] == pytest.approx(plain["history"][0]["val/mAP@10"], rel=1e-4)
+    assert strict["history"][-1].get("warm_start_kept") == 1.0
+    assert strict["best_metric"] < max(h["val/mAP@10"] for h in plain["history"])  # kept although trained was better
+    for name in ("siglip", "clip", "attention", "mlp"):
+        assert load_train_config(f"configs/{name}.yaml").model.warm_start_margin == 1.0, name
