@@ -111,8 +111,10 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         # the first still held them got nodes of its own), decode tasks within 2 x 4 CPUs
         # (e2i.cache.embed.CPUS_PER_GPU), and no 1-CPU metadata task per input block (ray.data.from_arrow's:
         # 30 pending tasks got two gpu_4x nodes). CI once saw 6 gpu_1x and a gpu_4x for this run.
-        assert [e for e in head.autoscaler_events() if e[0] == "add"] == [("add", "gpu_1x", 2)], \
-            head.autoscaler_events()
+        # (Counted, not listed: on a loaded machine the autoscaler may launch the two nodes in two rounds, 1 + 1.)
+        cache_adds = [e for e in head.autoscaler_events() if e[0] == "add"]
+        assert {kind for _, kind, _ in cache_adds} == {"gpu_1x"}, head.autoscaler_events()
+        assert sum(n for _, _, n in cache_adds) == 2, head.autoscaler_events()
 
         # 2) e2i finetune --num-workers 4 --use-gpu: one STRICT_PACK gang of 4 x 1 GPU -> one gpu_4x
         out = tmp_path / "runs"
@@ -153,7 +155,7 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
     # proof: CI once logged 5 gpu_1x removals for 4 additions).
     added = [(kind, n) for verb, kind, n in events if verb == "add"]
     first_4x = next(i for i, (kind, _) in enumerate(added) if kind == "gpu_4x")
-    assert added[0] == ("gpu_1x", 2), events  # the cache run's (checked exactly above)
+    assert added[0][0] == "gpu_1x", events  # the cache run's (counted exactly above)
     assert {kind for kind, _ in added[:first_4x]} == {"gpu_1x"}, events
     assert sum(n for kind, n in added if kind == "gpu_4x") == 1, events
     assert any(verb == "remove" and kind == "gpu_4x" for verb, kind, _ in events), events
