@@ -63,13 +63,6 @@ def shard_name(kind: str, ids: Any) -> str:
     return f"part-w{digest.hexdigest()[:16]}"
 
 
-def done_ids(store: str, kind: str) -> set[str]:
-    """Ids in the complete shards of ``kind`` of the split at ``store`` (read where this runs)."""
-    from e2i.store.writer import shard_ids
-
-    return shard_ids(store, kind)
-
-
 def index_blocks(corpus: Mapping[str, Any], cache_dir: str, dataset: str | None,
                  batch_sizes: Mapping[str, Mapping[str, int]]):
     """The index task (a Ray generator task on a worker), one read of the corpus for the whole run: yields a
@@ -83,7 +76,7 @@ def index_blocks(corpus: Mapping[str, Any], cache_dir: str, dataset: str | None,
     data = read_corpus(corpus["kind"], corpus["metadata"], split=corpus["split"], curate=corpus["curate"])
     name = dataset or data.name
     out = split_dir(cache_dir, name, data.split)
-    store = os.fspath(out) if is_remote(out) else os.path.abspath(os.fspath(out))
+    store = absolute(out)
     modalities = sorted({it.modality for it in data.items})
     head: dict[str, Any] = {"name": data.name, "dataset": name, "split": data.split, "store": store,
                             "modalities": modalities, "rejected": data.rejected_rows(), "meta_schema": None,
@@ -91,7 +84,9 @@ def index_blocks(corpus: Mapping[str, Any], cache_dir: str, dataset: str | None,
     if len(modalities) != 1:
         yield head
         return
-    done = {k: done_ids(store, k) for k in ("items", "captions")}
+    from e2i.store.writer import shard_ids
+
+    done = {k: shard_ids(store, k) for k in ("items", "captions")}  # ids of complete shards (the anti-join)
     todo = [it for it in data.items if it.item_id not in done["items"]]
     meta = MetaColumns(data.items)
     cols = {"item_id": pa.array([it.item_id for it in todo], pa.string()),
@@ -234,11 +229,10 @@ def choose_write_on(write_on: str, cache_dir: Any, *, mirror: str | None = None,
     the Ray cluster has more than one node; the driver otherwise (one machine: nothing to gain, and the
     driver path is the faster one for small runs; a local store on a multi-node cluster may not be shared
     by the nodes: ``--write-on workers`` says it is). Starts Ray only when the answer depends on it."""
-    from e2i.corpus.fspath import is_uri
 
     if write_on not in WRITE_ON:
         raise ConfigError(f"--write-on: {write_on!r} is not one of {', '.join(WRITE_ON)}")
-    remote = is_uri(os.fspath(cache_dir))
+    remote = is_remote(cache_dir)
     if remote and (mirror or with_images):
         raise ConfigError(f"--cache-dir {os.fspath(cache_dir)}: --mirror and --with-images need a local store "
                           "(the store is already on object storage)")
@@ -260,9 +254,8 @@ def choose_write_on(write_on: str, cache_dir: Any, *, mirror: str | None = None,
 
 def split_dir(cache_dir: Any, dataset: str, split: str) -> Any:
     """``<cache_dir>/<dataset>/<split>``: a Path, or a URI string for object storage."""
-    from e2i.corpus.fspath import is_uri
 
-    if is_uri(os.fspath(cache_dir)):
+    if is_remote(cache_dir):
         return f"{os.fspath(cache_dir).rstrip('/')}/{dataset}/{split}"
     return Path(cache_dir) / dataset / split
 
@@ -289,9 +282,9 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
         create_dirs(fs, root)
     if not ray.is_initialized():
         ray.init()
-    meta_uri = os.fspath(metadata) if is_remote(metadata) else os.path.abspath(os.fspath(metadata))
+    meta_uri = absolute(metadata)
     corpus = {"kind": kind, "metadata": meta_uri, "split": split, "curate": curate_captions}
-    store_root = os.fspath(cache_dir) if is_remote(cache_dir) else os.path.abspath(os.fspath(cache_dir))
+    store_root = absolute(cache_dir)
     # blocks are sized by the encoders' batch sizes; the items' modality is known after the read
     sizes = {m: {"items": batch_size_by_name(names[m], batch_size), "captions": batch_size_by_name(names["text"],
                                                                                                    batch_size)}
@@ -345,3 +338,8 @@ def is_remote(path: Any) -> bool:
     from e2i.corpus.fspath import is_uri
 
     return is_uri(os.fspath(path))
+
+
+def absolute(path: Any) -> str:
+    """A URI as it is, a local path made absolute (tasks on other workers run in other directories)."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(os.fspath(path))
