@@ -143,6 +143,25 @@ def load_mix(parts: Sequence[Part], *, seed: int, train_subset: int | None = Non
     return mix_splits(splits, parts, seed=seed, train_subset=train_subset)
 
 
+def load_train_val(data, *, seed: int) -> tuple[SplitData, SplitData]:
+    """(train, val) splits of a train config's ``data`` (``e2i.config.DataConfig``; local or s3://):
+    ``train_subset`` = first N items; with ``data.train`` the train split is the mix of those stores,
+    val stays ``data.store``'s. No torch import: the ``e2i tune`` driver loads the shared data here."""
+    base = data.store.rstrip("/")
+    if data.train:
+        train = load_mix(data.train, seed=seed, train_subset=data.train_subset)
+    else:
+        train = load_split(f"{base}/{data.train_split}", with_text=False)
+        if data.train_subset is not None and data.train_subset < train.num_items:
+            train = subset_split(train, np.arange(data.train_subset))
+    val = load_split(f"{base}/{data.val_split}", with_text=False)
+    if data.train and (val.item_dim, val.caption_dim) != (train.item_dim, train.caption_dim):
+        raise ConfigError(f"data.store: {base}/{data.val_split} has item/caption embeddings of dim "
+                          f"{val.item_dim}/{val.caption_dim}, the data.train parts {train.item_dim}/"
+                          f"{train.caption_dim}")
+    return train, val
+
+
 def _check_compatible(splits: Sequence[SplitData], parts: Sequence[Part]) -> None:
     ref, ref_path = splits[0], split_path(parts[0])
     for i, (split, part) in enumerate(zip(splits, parts)):

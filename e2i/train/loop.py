@@ -57,9 +57,8 @@ import numpy as np
 import torch
 
 from e2i.config import LossConfig, TrainConfig
-from e2i.errors import ConfigError
-from e2i.store import SplitData, load_split, subset_split
-from e2i.store.mix import load_mix
+from e2i.store import SplitData, load_split
+from e2i.store.mix import load_train_val
 from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
 from e2i.train.schedule import PassPermutations, epoch_plan, global_batches, lr_at
@@ -76,23 +75,8 @@ EVAL_CHUNK = 4096  # rows per forward pass when embedding a whole split
 
 
 def load_data(cfg: TrainConfig) -> tuple[SplitData, SplitData]:
-    """(train, val) splits of ``cfg.data.store`` (local or s3://); ``train_subset`` = first N items.
-
-    With ``data.train`` the train split is the mix of those stores (:func:`e2i.store.mix.load_mix`:
-    items of every part with distinct ids, one epoch's caption draws); val stays ``data.store``'s."""
-    base = cfg.data.store.rstrip("/")
-    if cfg.data.train:
-        train = load_mix(cfg.data.train, seed=cfg.seed, train_subset=cfg.data.train_subset)
-    else:
-        train = load_split(f"{base}/{cfg.data.train_split}", with_text=False)
-        if cfg.data.train_subset is not None and cfg.data.train_subset < train.num_items:
-            train = subset_split(train, np.arange(cfg.data.train_subset))
-    val = load_split(f"{base}/{cfg.data.val_split}", with_text=False)
-    if cfg.data.train and (val.item_dim, val.caption_dim) != (train.item_dim, train.caption_dim):
-        raise ConfigError(f"data.store: {base}/{cfg.data.val_split} has item/caption embeddings of dim "
-                          f"{val.item_dim}/{val.caption_dim}, the data.train parts {train.item_dim}/"
-                          f"{train.caption_dim}")
-    return train, val
+    """(train, val) splits of ``cfg.data`` (:func:`e2i.store.mix.load_train_val`)."""
+    return load_train_val(cfg.data, seed=cfg.seed)
 
 
 class SplitTensors:

@@ -141,7 +141,7 @@ def make_trainable(space: TuneSpace, tune_path: str, fs):
     """The function trainable with its resources and the shared data (put into the object store once)."""
     import ray.tune
 
-    from e2i.train.loop import load_data
+    from e2i.store.mix import load_train_val  # not e2i.train: the driver does not need torch
 
     setup = TrialSetup(space=space, storage_path=tune_path, storage_fs=fs)
     res = space.search.resources_per_trial
@@ -150,7 +150,7 @@ def make_trainable(space: TuneSpace, tune_path: str, fs):
     if any(p.key.startswith("data.") for p in space.params):  # the mix is searched: trials load their own
         return ray.tune.with_resources(ray.tune.with_parameters(trial_main, setup=setup),
                                        {"cpu": res.cpu, "gpu": res.gpu})
-    train, val = load_data(space.base_config)
+    train, val = load_train_val(space.base_config.data, seed=space.base_config.seed)
     print(f"e2i tune: train {train.num_items} items / {train.num_captions} captions, val {val.num_items} "
           f"items; shared by all trials through the object store", flush=True)
     fn = ray.tune.with_parameters(trial_main, setup=setup, data=(train, val))
