@@ -10,7 +10,7 @@ Embeds the split (default: the config's test split) through both heads, computes
 items, ``item_to_text/*`` = item queries over captions, ``*/ci95`` = bootstrap 95% CI over queries)
 and writes ``<run dir>/evaluation_results/``:
 
-    <split>_metrics.json   {split, store, checkpoint, counts, chance R@1, metrics}
+    <split>_metrics.json   {split, store, checkpoint, counts, chance R@1, metrics, evaluation_data}
     <split>_tsne.png       t-SNE of items + captions in the shared space (subsampled items)
     <split>_pca.png        PCA of the same
     report.html            self-contained page: metrics + CIs, baseline line, plots, retrieval browser
@@ -23,6 +23,12 @@ of the same class label are relevant) adds multi-relevance text->item metrics (m
 graded); without them every number is as before. The best closed-form baseline of the store
 (:func:`e2i.evaluate.baselines.best_baseline_for_store`) is shown beside the metrics; a head that loses
 to it is flagged.
+
+A split whose raw embeddings exceed ``data.streaming.memory_budget_gb`` (``mode: auto``; ``--streaming``
+and ``--memory-budget-gb`` override the run's config) is read from disk in chunks and projected chunk by
+chunk (:mod:`e2i.evaluate.chunked`): the same numbers, one console line and ``evaluation_data`` say
+which path ran. On that path the closed-form baseline is skipped, with the reason in ``baseline_skipped``
+(its fit needs the raw train and evaluated splits in memory).
 
 Weights are read from safetensors only; a legacy ``.pt`` goes through ``torch.load(weights_only=True)``,
 which refuses pickled code. Damaged or mismatching checkpoints raise a one-line CheckpointError.
@@ -114,21 +120,21 @@ def evaluate_run(
     dump_topk: int = 0,
     html: bool = True,
     baseline: bool = True,
+    streaming: str | None = None,
+    memory_budget_gb: float | None = None,
 ) -> dict:
-    """Evaluate a trained model on one split; returns the metrics JSON written (see module docstring)."""
-    from e2i.model.heads import build_model
+    """Evaluate a trained model on one split; returns the metrics JSON written (see module docstring).
+    ``streaming`` / ``memory_budget_gb`` override the run's ``data.streaming`` (auto | always | never)."""
     from e2i.evaluate.metrics import retrieval_metrics
 
     cfg, run_dir = resolve_run(target)
     split = split or cfg.data.test_split
     ckpt = Path(checkpoint) if checkpoint else run_dir / "best_model.safetensors"
     state = load_weights(ckpt)
-    data = load_split(f"{cfg.data.store.rstrip('/')}/{split}", with_text=True)
+    plan, data, item_z, cap_z = embed_for_evaluation(cfg, split, state, ckpt, streaming=streaming,
+                                                     memory_budget_gb=memory_budget_gb)
+    print(f"[{cfg.name}] {plan.line()}", flush=True)
     rel = load_relevance_for(data, relevance=relevance, relevance_from=relevance_from)
-    model = build_model(cfg.model, data.item_dim, data.caption_dim)
-    load_into(model, state, ckpt)
-    with torch.inference_mode():
-        item_z, cap_z = embed_split(model, SplitTensors(data, torch.device("cpu")))
     extra = {"relevance": rel} if rel is not None else {}
     metrics = retrieval_metrics(item_z, cap_z, data.caption_item, ci=True, **extra)
     result = {
@@ -140,6 +146,7 @@ def evaluate_run(
         "num_captions": data.num_captions,
         "chance/recall@1": 1.0 / data.num_items,
         "metrics": _jsonable(metrics),
+        "evaluation_data": plan.record(),
     }
     if "label" in data.item_meta:  # class-labelled store: zero-shot classification (e2i.evaluate.labels)
         from e2i.evaluate.labels import zero_shot_metrics
@@ -150,7 +157,13 @@ def evaluate_run(
         result["relevance"] = {"source": str(relevance or f"items' {relevance_from}"), "pairs": len(rel.query),
                                "queries": int(len(np.unique(rel.query)))}
     out = Path(output_dir) if output_dir else run_dir / RESULTS_DIR
-    best = store_baseline(cfg.data.store, split, out, relevance=rel) if baseline else None
+    best = None
+    if baseline and plan.chunked:  # never silently: the reason goes into the results and the console
+        result["baseline_skipped"] = ("split evaluated in chunks: the closed-form baselines fit and score raw "
+                                      "embeddings of whole splits in memory")
+        print(f"[{cfg.name}] closed-form baseline skipped ({result['baseline_skipped']})", flush=True)
+    elif baseline:
+        best = store_baseline(cfg.data.store, split, out, relevance=rel)
     if best is not None:
         result["baseline"] = {"name": best["name"], "metrics": _jsonable(best["metrics"])}
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +194,37 @@ def evaluate_run(
     if show:
         print_metrics_table(result)
     return result
+
+
+def embed_for_evaluation(cfg: TrainConfig, split: str, state: dict, ckpt: Path, *, streaming: str | None = None,
+                         memory_budget_gb: float | None = None, with_text: bool = True):
+    """(plan, split data, item_z (N, D), caption_z (M, D)) of ``cfg``'s store/``split`` through the model
+    holding ``state``: in memory, or read in chunks and projected chunk by chunk
+    (:mod:`e2i.evaluate.chunked`; ``data``'s raw embeddings are then (N, 0) / (M, 0))."""
+    from dataclasses import replace
+
+    from e2i.evaluate.chunked import plan_evaluation, project_split
+    from e2i.model.heads import build_model
+
+    st = cfg.data.streaming
+    st = replace(st, mode=streaming or st.mode,
+                 memory_budget_gb=st.memory_budget_gb if memory_budget_gb is None else memory_budget_gb)
+    try:
+        st.validate()
+    except ValueError as e:
+        raise ConfigError(f"data.streaming.{e.args[1]}: {e.args[0]}") from None
+    path = f"{cfg.data.store.rstrip('/')}/{split}"
+    plan = plan_evaluation(path, split, st, cfg.model.output_dim)
+    data = None if plan.chunked else load_split(path, with_text=with_text)
+    dims = (plan.size.item_dim, plan.size.caption_dim) if data is None else (data.item_dim, data.caption_dim)
+    model = build_model(cfg.model, *dims)
+    load_into(model, state, ckpt)
+    with torch.inference_mode():
+        if data is None:
+            data, item_z, cap_z = project_split(model, path, plan.size, with_text=with_text)
+        else:
+            item_z, cap_z = embed_split(model, SplitTensors(data, torch.device("cpu")))
+    return plan, data, item_z, cap_z
 
 
 def write_html_report(result: dict, item_z, cap_z, data, rel, pngs: list, path: Path) -> Path:
@@ -257,6 +301,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "relevant flags")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
     parser.add_argument("--no-baseline", action="store_true", help="skip the closed-form baseline comparison")
+    parser.add_argument("--streaming", choices=("auto", "always", "never"),
+                        help="read the split in chunks from disk: auto (when its raw embeddings exceed the budget), "
+                             "always, never (default: the run's data.streaming.mode)")
+    parser.add_argument("--memory-budget-gb", type=float, metavar="GB",
+                        help="budget of --streaming auto (default: the run's data.streaming.memory_budget_gb)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         dump_topk=args.dump_topk,
         html=not args.no_html,
         baseline=not args.no_baseline,
+        streaming=args.streaming,
+        memory_budget_gb=args.memory_budget_gb,
     )
     m = result["metrics"]
     out = Path(args.output_dir) if args.output_dir else resolve_run(args.target)[1] / RESULTS_DIR

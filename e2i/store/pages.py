@@ -237,19 +237,22 @@ def plain_layout(meta: pq.FileMetaData, column: str) -> tuple[int, int, int, int
 
 
 def read_plain_rows(meta: pq.FileMetaData, column: str, out: np.ndarray, *, local_path: str | None = None,
-                    opener=None) -> list[tuple[int, int]] | None:
-    """Fill ``out`` (rows x D float32, C-contiguous) with ``column`` of every row group of a file.
+                    opener=None, groups: range | None = None) -> list[tuple[int, int]] | None:
+    """Fill ``out`` (rows x D float32, C-contiguous) with ``column`` of the row groups ``groups`` (default:
+    every row group) of a file; ``out`` has exactly their rows.
 
     ``local_path``: pread from this local file; else ``opener()`` gives a pyarrow input file (one ranged
-    read per row group). Returns the row ranges [(lo, hi)] whose float sum was not finite (NaN/inf, or
-    an overflow: the caller checks those rows exactly), or None (``out`` partly written) when the column
-    is not plain uncompressed float32 without nulls: decode it with pyarrow then.
+    read per row group). Returns the row ranges [(lo, hi)] of ``out`` whose float sum was not finite
+    (NaN/inf, or an overflow: the caller checks those rows exactly), or None (``out`` partly written)
+    when the column is not plain uncompressed float32 without nulls: decode it with pyarrow then.
     """
     layout = plain_layout(meta, column)
-    if layout is None or meta.num_rows != len(out) or out.shape[1:] != (layout[1],):
+    groups = range(meta.num_row_groups) if groups is None else groups
+    if layout is None or sum(meta.row_group(g).num_rows for g in groups) != len(out) or \
+            out.shape[1:] != (layout[1],):
         return None
     leaf, dim, max_def, max_rep = layout
-    for g in range(meta.num_row_groups):
+    for g in groups:
         col = meta.row_group(g).column(leaf)
         if col.compression != "UNCOMPRESSED" or col.has_dictionary_page or \
                 col.num_values != meta.row_group(g).num_rows * dim or not set(col.encodings) <= {"PLAIN", "RLE"}:
@@ -259,7 +262,7 @@ def read_plain_rows(meta: pq.FileMetaData, column: str, out: np.ndarray, *, loca
     suspect = []
     try:
         row = 0
-        for g in range(meta.num_row_groups):
+        for g in groups:
             n, col = meta.row_group(g).num_rows, meta.row_group(g).column(leaf)
             start, size = col.data_page_offset, col.total_compressed_size
             src = _Source(fd, None if fd is not None else memoryview(remote.read_at(size, start)), start)
@@ -277,16 +280,20 @@ def read_plain_rows(meta: pq.FileMetaData, column: str, out: np.ndarray, *, loca
 
 
 # ----------------------------------------------------------------------------------------- shards
-def embedding_rows(fs, full: str, shown: str, head: pq.FileMetaData, out: np.ndarray, ids_of) -> None:
-    """Fill ``out`` (rows of one shard, (n, D) float32) with the shard's embeddings, checked finite.
+def embedding_rows(fs, full: str, shown: str, head: pq.FileMetaData, out: np.ndarray, ids_of,
+                   groups: range | None = None) -> None:
+    """Fill ``out`` (rows of one shard, (n, D) float32) with the shard's embeddings, checked finite;
+    ``groups``: only these row groups (``out`` has their rows), default all.
 
     Fast path (:mod:`e2i.store.pages`): plain uncompressed float32 pages copied straight into ``out``;
     otherwise pyarrow decodes one row group at a time (memory: ``out`` + one row group). ``ids_of()``
-    gives the shard's ids, needed only to name a bad row.
+    gives the ids of ``out``'s rows (from its first row on), needed only to name a bad row.
     """
     local = full if isinstance(fs, pafs.LocalFileSystem) else None
+    groups = range(head.num_row_groups) if groups is None else groups
     try:
-        suspect = read_plain_rows(head, "embedding", out, local_path=local, opener=lambda: fs.open_input_file(full))
+        suspect = read_plain_rows(head, "embedding", out, local_path=local, opener=lambda: fs.open_input_file(full),
+                                  groups=groups)
     except OSError as e:
         raise StoreError(f"{shown}: cannot read ({io_reason(e)})") from None
     if suspect is not None:
@@ -297,7 +304,7 @@ def embedding_rows(fs, full: str, shown: str, head: pq.FileMetaData, out: np.nda
         with fs.open_input_file(full) as f:
             pf = pq.ParquetFile(f)
             row = 0
-            for g in range(pf.metadata.num_row_groups):
+            for g in groups:
                 for chunk in pf.read_row_group(g, columns=["embedding"]).column(0).chunks:
                     block = embedding_matrix(chunk, shown, _Offset(ids_of, row))  # (n, D) view of the values
                     if block.shape[1] != out.shape[1]:

@@ -149,7 +149,7 @@ def _fixed_dim(heads: list[pq.FileMetaData]) -> int | None:
 
 
 def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: Iterable[str] | None,
-               dictionary: tuple[str, ...] = (), pending: list | None = None) -> _KindData:
+               dictionary: tuple[str, ...] = (), pending: list | None = None, embeddings: bool = True) -> _KindData:
     """Read all shards of one kind: embeddings into one preallocated (N, D) float32 array, other columns
     as Arrow (``columns``; ``dictionary`` columns dictionary-encoded as stored).
 
@@ -158,7 +158,8 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
     and checks the ids; otherwise shards are read in order and the first one fixes D.
     ``extra_cols``: columns besides id+embedding to return (None = all other columns). ``pending``: the
     background fill is appended there for the caller to ``join()`` (the next kind's ids are read
-    meanwhile); without it, this call waits for it.
+    meanwhile); without it, this call waits for it. ``embeddings=False``: ids and columns only, the
+    embeddings left unread as an (N, 0) array (:mod:`e2i.evaluate.chunked` reads them by row group).
     """
     idcol = ID_COLUMN[kind]
     files = [shown_path(shown_root, rel) for rel, _ in shards]
@@ -169,10 +170,10 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
     def ids_of(k: int):
         return lambda: as_string(_read_columns(fs, fulls[k], files[k], [idcol]).column(0), idcol, files[k]).to_numpy()
 
-    dim = _fixed_dim(heads)
-    emb = np.empty((int(offsets[-1]), dim or 0), np.float32)  # (N, D)
+    dim = _fixed_dim(heads) if embeddings else 0
+    emb = np.empty((int(offsets[-1]), dim or 0), np.float32)  # (N, D); (N, 0) without embeddings
     filler = None
-    if dim is not None and len(emb):
+    if embeddings and dim is not None and len(emb):
         def fill() -> None:
             for k, (head, lo, hi) in enumerate(zip(heads, offsets[:-1], offsets[1:])):
                 embedding_rows(fs, fulls[k], files[k], head, emb[lo:hi], ids_of(k))
@@ -198,9 +199,9 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
             filler.join()
         elif filler is not None:
             pending.append(filler)
-    if dim is None and len(emb):
+    if embeddings and dim is None and len(emb):
         emb = read_in_order(fs, fulls, files, heads, offsets, ids_parts)
-    elif not len(emb):  # no rows at all: take D from the schema when it is fixed
+    elif embeddings and not len(emb):  # no rows at all: take D from the schema when it is fixed
         dims = [embedding_dim_from_type(h.schema.to_arrow_schema().field("embedding").type) for h in heads]
         emb = np.empty((0, next((d for d in dims if d), 0)), np.float32)
     columns: dict[str, pa.ChunkedArray] = {}
@@ -220,12 +221,14 @@ def _check_unique(data: _KindData, idcol: str) -> None:
         raise StoreError(f"{data.file_of(row)}: duplicate {idcol} {data.ids[row]!r}")
 
 
-def load_split(path: str | os.PathLike, *, with_text: bool = True) -> SplitData:
+def load_split(path: str | os.PathLike, *, with_text: bool = True, embeddings: bool = True) -> SplitData:
     """Load and validate one split directory (local or s3://) into contiguous arrays.
 
     No per-row Python: each shard's fixed_size_list values buffer is viewed as (n, D) and copied once
     into a preallocated (N, D) float32 array; captions are mapped to item rows with a hash lookup.
     ``with_text=False`` skips caption text, item paths and metadata columns (training needs none).
+    ``embeddings=False`` reads everything else (ids, caption -> item rows, the same checks except the
+    embeddings' own): ``item_emb`` (N, 0) and ``caption_emb`` (M, 0).
     Raises StoreError naming the file and the first offending id for: missing/truncated shards,
     missing columns, ragged or mismatched dims, NaN/inf, duplicate ids, captions of unknown items.
     """
@@ -243,10 +246,11 @@ def load_split(path: str | os.PathLike, *, with_text: bool = True) -> SplitData:
     caption_shards = shard_list(fs, root, manifest, "captions", shown_root)
     pending: list[Background] = []  # embedding fills running while ids are read and checked
     try:
-        items = _read_kind(fs, root, shown_root, "items", item_shards, None if with_text else (), pending=pending)
+        items = _read_kind(fs, root, shown_root, "items", item_shards, None if with_text else (), pending=pending,
+                           embeddings=embeddings)
         cap_cols = ("item_id", "text") if with_text else ("item_id",)
         caps = _read_kind(fs, root, shown_root, "captions", caption_shards, cap_cols, dictionary=("item_id",),
-                          pending=pending)
+                          pending=pending, embeddings=embeddings)
         caption_item = _item_rows(pd.Index(items.ids, dtype=object), caps.columns.get("item_id"))  # (M,)
     finally:
         for fill in pending:

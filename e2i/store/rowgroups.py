@@ -5,26 +5,33 @@ groups read one at a time (what :mod:`e2i.train.stream` streams with Ray Data).
   split has no manifest), without reading any data: the estimate that decides memory vs streaming.
 - :func:`row_groups`: ``[{uri, group, rows}]`` of every row group of the manifest's caption shards
   (the committed snapshot, as :func:`e2i.store.load_split` reads it; ~32 MiB each as e2i writes them).
+- :func:`embedding_blocks`: one kind's embeddings in :func:`e2i.store.load_split`'s row order as
+  consecutive blocks of a fixed number of rows, read one row group at a time (the fast page copy of
+  :mod:`e2i.store.pages`), so memory holds one row group and one block, never the split: what the
+  chunked evaluation (:mod:`e2i.evaluate.chunked`) projects block by block.
 - :class:`RowGroupReader`: reads listed row groups (``columns``) as one Arrow table; a plain picklable
   callable, so Ray Data runs it as a task function. Unpickled in a process (Ray Data's executor or
   its read tasks), it keeps Ray Data's per-execution INFO lines ("execution finished in ...", one
   per pass) off the console there; they stay in Ray Data's log file.
 
-Pure pyarrow (no ray, no torch), so a Ray Data task that reads does not import torch.
+Pure pyarrow + numpy (no ray, no torch), so a Ray Data task that reads does not import torch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from e2i.errors import StoreError
 from e2i.store.fs import is_dir, join, open_fs, read_json, shown_path
-from e2i.store.reader import shard_header, shard_list
-from e2i.store.schema import MANIFEST, embedding_dim_from_type
+from e2i.store.pages import embedding_rows
+from e2i.store.reader import _read_columns, shard_header, shard_list
+from e2i.store.schema import ID_COLUMN, MANIFEST, as_string, embedding_dim_from_type
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,49 @@ def row_groups(path: str, kind: str = "captions") -> list[dict]:
         out += [{"uri": f"{base}/{rel}", "group": g, "rows": head.row_group(g).num_rows}
                 for g in range(head.num_row_groups)]
     return out
+
+
+def embedding_blocks(path: str, kind: str, dim: int, rows: int) -> Iterator[np.ndarray]:
+    """The ``kind`` embeddings of a split, in ``load_split``'s row order (the manifest's shards, each
+    shard's row groups in order), as consecutive blocks of ``rows`` rows, the last one shorter.
+
+    Each block is a (<= rows, dim) float32 view of ONE reused buffer, valid until the next block is
+    asked for: project it and drop it. Memory: that (rows, dim) block plus one row group (also
+    reused), whatever the split's size. Checked as ``load_split`` checks them (finite, dim ``dim``; a
+    bad row is named by its id); an error names the shard.
+    """
+    fs, root, manifest = _manifest(path)
+    block = np.empty((rows, dim), np.float32)  # (rows, D) what is yielded, filled from row groups
+    group_buf = np.empty(0, np.float32)  # flat storage of the current row group, grown to the largest
+    filled = 0
+    for rel, expected in shard_list(fs, root, manifest, kind, path):
+        shown, full = shown_path(path, rel), join(root, rel)
+        head = shard_header(fs, root, rel, shown, expected, kind)
+        first = 0  # the current row group's first row in the shard
+        for g in range(head.num_row_groups):
+            n = head.row_group(g).num_rows
+            if group_buf.size < n * dim:
+                group_buf = np.empty(n * dim, np.float32)
+            group = group_buf[:n * dim].reshape(n, dim)  # (n, D) C-contiguous
+            embedding_rows(fs, full, shown, head, group, _ids_from(fs, full, shown, kind, first), range(g, g + 1))
+            done = 0
+            while done < n:  # copy into the block, hand it out whenever it is full
+                take = min(rows - filled, n - done)
+                block[filled:filled + take] = group[done:done + take]
+                filled, done = filled + take, done + take
+                if filled == rows:
+                    yield block
+                    filled = 0
+            first += n
+    if filled:
+        yield block[:filled]
+
+
+def _ids_from(fs, full: str, shown: str, kind: str, first: int):
+    """``ids_of()`` for :func:`e2i.store.pages.embedding_rows`: the shard's ids from row ``first`` on,
+    read only when an error message needs one."""
+    col = ID_COLUMN[kind]
+    return lambda: as_string(_read_columns(fs, full, shown, [col]).column(0), col, shown).to_numpy()[first:]
 
 
 def quiet_ray_data_logs() -> None:

@@ -23,7 +23,8 @@ Run directory ``<output_dir>/<name>/``::
                               every ``checkpoint.every_n_epochs`` and the last; the best and the latest
                               kept; on the Ray Train path also Ray's run snapshot
     best_model.safetensors    weights of the epoch with the best ``cfg.metric``
-    metrics.json              history (one dict per epoch), best epoch/metrics, test metrics with CIs
+    metrics.json              history (one dict per epoch), best epoch/metrics, test metrics with CIs,
+                              ``test_data``: the test split evaluated in memory or in chunks from disk
     training_curves.png       loss, lr and validation metrics per epoch
     tensorboard/              event files (rank 0), when logging.tensorboard
     wandb/                    W&B run files when logging.use_wandb (offline without WANDB_API_KEY)
@@ -369,6 +370,9 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True,
 
         result = evaluate_run(run_dir, split=cfg.data.test_split)
         summary["test"] = result["metrics"]
+        summary["test_data"] = result["evaluation_data"]  # in memory or in chunks (e2i.evaluate.chunked)
+        if result.get("baseline_skipped"):
+            summary["baseline_skipped"] = result["baseline_skipped"]
         if result.get("baseline"):  # test R@1 vs the store's best closed-form baseline
             summary["baseline"] = compare_to_baseline(result["metrics"], result["baseline"])
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

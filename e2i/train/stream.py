@@ -47,6 +47,7 @@ from e2i.store.fs import join, open_fs, read_json, shown_path
 from e2i.store.reader import _read_kind, shard_list
 from e2i.store.rowgroups import RowGroupReader, quiet_ray_data_logs, row_groups, split_size
 from e2i.store.schema import MANIFEST
+from e2i.stream_config import choose_path
 
 READ_TASKS = 2  # concurrent read tasks per stream (0 CPUs each: reads are I/O and a memcpy)
 COLUMNS = ["item_id", "embedding"]
@@ -100,13 +101,8 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
     size = split_size(train_split_path(cfg))
     items, caps = size.items_bytes / _GB, size.captions_bytes / _GB
     total = items + caps
-    if st.mode != "auto":
-        return DataPlan("stream" if st.mode == "always" else "memory", f"data.streaming.mode: {st.mode}",
-                        total, items, caps, budget)
-    over = total > budget
-    relation = "exceeds" if over else "fits"
-    reason = f"estimate {total:.3g} GB {relation} data.streaming.memory_budget_gb {budget:g}"
-    return DataPlan("stream" if over else "memory", reason, total, items, caps, budget)
+    stream, reason = choose_path(st.mode, total, budget)
+    return DataPlan("stream" if stream else "memory", reason, total, items, caps, budget)
 
 
 # --------------------------------------------------------------------------------------------------
