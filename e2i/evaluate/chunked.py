@@ -15,6 +15,10 @@ the fast page copy) in blocks of ``EVAL_CHUNK`` rows, each projected through the
 the in-memory ones, and the ranking and metrics (:mod:`e2i.evaluate.ranking`, which already scores
 captions in chunks) give identical numbers.
 
+The val split of a streamed training run decides the same way every run (:func:`val_split`) and is
+then read and projected every epoch (:class:`DiskSplit` stands where the in-memory tensors stand in
+``e2i.train.loop.validate``).
+
 If even the projected embeddings exceed the budget, :func:`plan_evaluation` raises a one-line
 ConfigError naming the split and the sizes: exact ranks need every projected caption against every
 projected item (item -> text ranks a caption list spread over the whole split), and a multi-pass
@@ -65,14 +69,19 @@ class EvalPlan:
                 f"{self.projected_gb:.3g} GB held)")
 
 
-def plan_evaluation(split_path: str, split: str, streaming: StreamingConfig, output_dim: int) -> EvalPlan:
+def plan_evaluation(split_path: str, split: str, streaming: StreamingConfig, output_dim: int, *,
+                    refuse: bool = True) -> EvalPlan:
     """Memory or chunks for evaluating ``split_path`` (module docstring); ConfigError when the chunked
-    path is chosen and even the projected embeddings exceed ``streaming.memory_budget_gb``."""
+    path is chosen and even the projected embeddings exceed ``streaming.memory_budget_gb``, or with
+    ``refuse=False`` (the val split of a training run) the memory path, saying so in its reason."""
     size = split_size(split_path)
     raw = (size.items_bytes + size.captions_bytes) / _GB
     projected = (size.items + size.captions) * output_dim * 4 / _GB
     budget = streaming.memory_budget_gb
     chunked, reason = choose_path(streaming.mode, raw, budget)
+    if chunked and projected > budget and not refuse:
+        return EvalPlan(split, "memory", f"{reason}; even projected ({projected:.3g} GB) it exceeds the budget: "
+                        "loaded anyway", raw, projected, budget, size)
     if chunked and projected > budget:
         raise ConfigError(f"{split_path}: the {split} split does not fit data.streaming.memory_budget_gb {budget:g} "
                           f"even projected ({size.items} items + {size.captions} captions x {output_dim} dims = "
@@ -80,7 +89,34 @@ def plan_evaluation(split_path: str, split: str, streaming: StreamingConfig, out
     return EvalPlan(split, "chunks" if chunked else "memory", reason, raw, projected, budget, size)
 
 
-@torch.no_grad()
+class DiskSplit:
+    """A split whose embeddings stay on disk: ``data`` (a SplitData without embeddings: (N, 0) / (M, 0)
+    arrays, everything else as ``load_split`` gives it), ``caption_item`` (M,) int64 on ``device``, and
+    :meth:`embed`, which reads and projects the embeddings on every call (the val split of a training
+    run, every epoch; it stands where :class:`e2i.train.loop.SplitTensors` stands in ``validate``)."""
+
+    def __init__(self, split_path: str, size: SplitSize, *, with_text: bool = False,
+                 device: torch.device | None = None, rows: int = EVAL_CHUNK) -> None:
+        self.path, self.size, self.rows = split_path, size, rows
+        self.device = device or torch.device("cpu")
+        self.data = load_split(split_path, with_text=with_text, embeddings=False)
+        self.caption_item = torch.from_numpy(self.data.caption_item).to(self.device)  # (M,)
+
+    @property
+    def num_captions(self) -> int:
+        return self.data.num_captions
+
+    @torch.no_grad()
+    def embed(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item_z (N, D), caption_z (M, D)) float32 on the device: blocks of ``rows`` raw rows read from
+        disk and projected by ``model`` in eval mode, one block at a time."""
+        model.eval()
+        return (_project(model.encode_items, self.path, "items", self.size.item_dim, self.data.num_items,
+                         self.device, self.rows),
+                _project(model.encode_captions, self.path, "captions", self.size.caption_dim, self.num_captions,
+                         self.device, self.rows))
+
+
 def project_split(model, split_path: str, size: SplitSize, *, with_text: bool = True,
                   device: torch.device | None = None, rows: int = EVAL_CHUNK) -> tuple[SplitData, torch.Tensor, torch.Tensor]:
     """(split without embeddings, item_z (N, D), caption_z (M, D)) with the embeddings read from disk in
@@ -89,12 +125,32 @@ def project_split(model, split_path: str, size: SplitSize, *, with_text: bool = 
     ``SplitData.item_emb`` / ``caption_emb`` are (N, 0) / (M, 0): everything else (ids, caption_item,
     text, item columns) is there for relevance lists, labels, top-k tables and the report.
     """
-    device = device or torch.device("cpu")
-    data = load_split(split_path, with_text=with_text, embeddings=False)
-    model.eval()
-    item_z = _project(model.encode_items, split_path, "items", size.item_dim, data.num_items, device, rows)
-    cap_z = _project(model.encode_captions, split_path, "captions", size.caption_dim, data.num_captions, device, rows)
-    return data, item_z, cap_z
+    split = DiskSplit(split_path, size, with_text=with_text, device=device, rows=rows)
+    return (split.data, *split.embed(model))
+
+
+def val_plan(cfg) -> EvalPlan:
+    """The val split's path on a streamed training run (recorded as ``val_data`` in metrics.json)."""
+    path = f"{cfg.data.store.rstrip('/')}/{cfg.data.val_split}"
+    return plan_evaluation(path, cfg.data.val_split, cfg.data.streaming, cfg.model.output_dim, refuse=False)
+
+
+def val_split(cfg, device: torch.device, *, announce: bool = True):
+    """(SplitData, what ``validate`` takes) of ``cfg``'s val split on a streamed training run: in memory
+    (a SplitTensors) when it fits ``data.streaming``, else a :class:`DiskSplit` read every epoch; a val
+    split whose projected embeddings exceed the budget too is loaded anyway (not refused: it is the
+    split the run selects its epochs on). ``announce``: print the path's line."""
+    from e2i.train.loop import SplitTensors
+
+    plan = val_plan(cfg)
+    path = f"{cfg.data.store.rstrip('/')}/{cfg.data.val_split}"
+    if announce:
+        print(f"[{cfg.name}] {plan.line()}", flush=True)
+    if plan.chunked:
+        split = DiskSplit(path, plan.size, device=device)
+        return split.data, split
+    data = load_split(path, with_text=False)
+    return data, SplitTensors(data, device)
 
 
 def _project(encode, split_path: str, kind: str, dim: int, n: int, device: torch.device, rows: int) -> torch.Tensor:

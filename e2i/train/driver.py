@@ -55,7 +55,7 @@ from e2i.store.fs import io_reason
 from e2i.train.checkpoint import MODEL_FILE, checkpoint_due, read_progress
 from e2i.train.epoch_log import EpochLogger
 from e2i.train.loop import pick_device, run_training
-from e2i.train.stream import DataPlan, caption_dataset, ensure_ray, plan_data, train_split_path
+from e2i.train.stream import DataPlan, PassReads, caption_dataset, ensure_ray, plan_data, train_split_path
 
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
@@ -262,8 +262,9 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     logger.say(plan.line())
     stream = None
     if plan.streaming:
-        ensure_ray()
-        stream = caption_dataset(train_split_path(cfg), cfg.seed)
+        ensure_ray()  # on CPU the pass is read in bursts between cuts (PassReads), on a GPU ahead of it
+        on_cpu = pick_device(cfg).type == "cpu"
+        stream = (PassReads if on_cpu else caption_dataset)(train_split_path(cfg), cfg.seed)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)
@@ -359,6 +360,10 @@ def finish_run(cfg: TrainConfig, run_dir: Path, *, evaluate: bool = True,
     }
     if plan is not None:
         summary["train_data"] = plan.record()
+    if plan is not None and plan.streaming:  # its val split: in memory or read in chunks every epoch
+        from e2i.evaluate.chunked import val_plan
+
+        summary["val_data"] = val_plan(cfg).record()
     if cfg.data.train:  # several stores mixed: which ones and how much of each (e2i.store.mix)
         from e2i.store.mix import mix_record
 

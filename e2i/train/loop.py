@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from e2i.config import LossConfig, TrainConfig
-from e2i.store import SplitData, load_split
+from e2i.store import SplitData
 from e2i.store.mix import load_train_val
 from e2i.train.checkpoint import checkpoint_due, load_checkpoint, report_epoch
 from e2i.train.distributed import agree, average_gradients, broadcast_parameters, dist_info
@@ -90,6 +90,9 @@ class SplitTensors:
     @property
     def num_captions(self) -> int:
         return int(self.caption_emb.shape[0])
+
+    def embed(self, model) -> tuple[torch.Tensor, torch.Tensor]:  # as e2i.evaluate.chunked.DiskSplit.embed
+        return embed_split(model, self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,12 +161,13 @@ def val_metric_name(key: str) -> str:
 
 
 @torch.no_grad()
-def validate(model, loss_fn, data: SplitTensors, batch_size: int, bias_used: bool, per_query: bool = False):
-    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split; with
-    ``per_query``, ``(metrics, per-query values)`` (``retrieval_metrics(per_query=True)``'s)."""
+def validate(model, loss_fn, data, batch_size: int, bias_used: bool, per_query: bool = False):
+    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split (``data``: a
+    SplitTensors, or a DiskSplit read in chunks); with ``per_query``, ``(metrics, per-query values)``
+    (``retrieval_metrics(per_query=True)``'s)."""
     from e2i.evaluate.metrics import retrieval_metrics
 
-    item_z, cap_z = embed_split(model, data)
+    item_z, cap_z = data.embed(model)
     raw, pq = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False, per_query=True)
     out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith(("/ci95", "/num_queries"))}
     order = torch.randperm(data.num_captions, generator=torch.Generator().manual_seed(0)).to(cap_z.device)
@@ -208,7 +212,8 @@ def run_training(
     (train, val) SplitData skips loading from ``cfg.data.store``. ``checkpoint_when(epoch, improved,
     last)`` replaces :func:`checkpoint_due` (every rank must give the same answer). ``stream`` (a Ray
     Data Dataset, or this worker's DataIterator shard) streams the train captions of ``cfg.data.store``
-    instead of loading them; items and val stay in memory (:mod:`e2i.train.stream`).
+    instead of loading them; items stay in memory (:mod:`e2i.train.stream`), the val split too unless it
+    exceeds the budget as well (then it is read in chunks every epoch: :func:`e2i.evaluate.chunked.val_split`).
     """
     from e2i.model.heads import build_model
     from e2i.model.losses import build_loss
@@ -220,11 +225,14 @@ def run_training(
         from e2i.train.stream import CaptionStream
 
         captions = CaptionStream(stream, cfg, world=world, device=device)
-        train_data = captions.items  # items only; val in memory as always
-        val_data = load_split(f"{cfg.data.store.rstrip('/')}/{cfg.data.val_split}", with_text=False)
+        train_data = captions.items  # items only
+        from e2i.evaluate.chunked import val_split  # val in memory, or read in chunks over the budget
+
+        val_data, val = val_split(cfg, device, announce=rank == 0)
     else:
         train_data, val_data = data if data is not None else load_data(cfg)
-    train, val = SplitTensors(train_data, device), SplitTensors(val_data, device)
+        val = SplitTensors(val_data, device)
+    train = SplitTensors(train_data, device)
 
     seed_everything(cfg.seed)  # same initial weights on every worker
     model = build_model(cfg.model, train_data.item_dim, train_data.caption_dim).to(device)

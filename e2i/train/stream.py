@@ -9,7 +9,8 @@ whole split), else streams it; ``always`` / ``never`` force a path. Mixed stores
 
 What streams: the **caption rows** (item_id + embedding, the large side: ~5 captions per item, and
 text embeddings are often the wider ones). The **items stay in memory** on every worker (read once,
-as ``load_split`` reads them), and so does the val split. A caption's positive is
+as ``load_split`` reads them); the val split too, unless it exceeds the budget as well (then it is read
+in chunks from disk every epoch: :func:`e2i.evaluate.chunked.val_split`). A caption's positive is
 ``item_emb[row of its item_id]`` and the ids given to the loss are those item rows, exactly as in
 memory: captions of one item in a batch are positives of each other (multi-positive). If the items
 alone exceed the budget they are still loaded (the plan says so; streaming items is not done).
@@ -36,8 +37,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from e2i.config import TrainConfig
@@ -111,20 +112,68 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
 
 def caption_dataset(path: str, seed: int, columns: list[str] | None = None):
     """The ``ray.data.Dataset`` of a split's caption rows (``columns``, default item_id + embedding),
-    row groups in a new seeded order every execution (pass)."""
+    row groups in a new seeded order every execution (pass). Ray Data reads ahead while the loop trains:
+    the source of Ray Train workers (``streaming_split``) and of a GPU loop in this process."""
     import ray.data
 
     groups = row_groups(path)
     if not groups:
         raise StoreError(f"{path}: no caption rows to train on")
     seed_cfg = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
-    ds = (ray.data.from_items(groups, override_num_blocks=len(groups))
-          .randomize_block_order(seed=seed_cfg)
-          .map_batches(RowGroupReader(columns or COLUMNS), batch_format="pyarrow", batch_size=None,
-                       num_cpus=0, compute=ray.data.TaskPoolStrategy(size=READ_TASKS)))
+    return _read_groups(ray.data.from_items(groups, override_num_blocks=len(groups))
+                        .randomize_block_order(seed=seed_cfg), columns)
+
+
+def _read_groups(listing, columns: list[str] | None):
+    """``listing`` (a Dataset of row-group rows {uri, group, rows}) -> the row groups' tables, read by
+    at most ``READ_TASKS`` tasks of 0 CPUs."""
+    import ray.data
+
+    ds = listing.map_batches(RowGroupReader(columns or COLUMNS), batch_format="pyarrow", batch_size=None,
+                             num_cpus=0, compute=ray.data.TaskPoolStrategy(size=READ_TASKS))
     ds.context.enable_progress_bars = False
     ds.context.print_on_execution_start = False
     return ds
+
+
+class PassReads:
+    """The source of a CPU loop in this process: each pass's row groups read pool by pool, in bursts.
+
+    On CPU, torch's intra-op threads use every core; a read task running beside them costs about twice
+    its CPU time (one thread is preempted, the other waits for it at the op's barrier). So here a pass's
+    row groups (in a seeded order per pass) are cut into chunks of >= ``rows`` rows and each chunk is
+    read whole by one Ray Data execution (its read tasks in parallel) before the loop trains on it:
+    nothing reads while torch computes. Measured on 2 cores (BENCHMARKS.md): 70,000 x 512-d captions
+    read concurrently cost ~1.4 s per 3.8 s pass; read in bursts, ~0.3 s. Memory: one chunk
+    (``shuffle_rows`` + up to one row group). Blocks come in chunk order (``preserve_order``), so a
+    pass is reproducible. On a GPU (or in Ray Train workers) the Dataset of :func:`caption_dataset`
+    reads ahead instead: there the reads have CPUs of their own.
+    """
+
+    def __init__(self, path: str, seed: int, columns: list[str] | None = None) -> None:
+        self.path, self.seed, self.columns = path, seed, columns
+        self.groups = row_groups(path)
+        if not self.groups:
+            raise StoreError(f"{path}: no caption rows to train on")
+
+    def chunks(self, p: int, rows: int) -> list[list[dict]]:
+        """Pass ``p``'s row groups, permuted (seeded by pass), in consecutive chunks of >= ``rows`` rows."""
+        order = np.random.default_rng((self.seed * 104729 + p) % 2**32).permutation(len(self.groups))
+        chunks, chunk, n = [], [], 0
+        for i in order:
+            chunk.append(self.groups[int(i)])
+            n += self.groups[int(i)]["rows"]
+            if n >= rows:
+                chunks, chunk, n = chunks + [chunk], [], 0
+        return chunks + [chunk] if chunk else chunks
+
+    def read(self, chunk: list[dict]) -> list[pa.Table]:
+        """One chunk's row groups, read whole (one Ray Data execution), in chunk order."""
+        import ray.data
+
+        ds = _read_groups(ray.data.from_items(chunk, override_num_blocks=len(chunk)), self.columns)
+        ds.context.execution_options.preserve_order = True
+        return list(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
 
 
 def ensure_ray() -> None:
@@ -162,7 +211,7 @@ class CaptionStream:
         size = split_size(path)
         self.num_captions = size.captions
         self.items = load_items(path, size.caption_dim)
-        self.index = pd.Index(self.items.item_ids, dtype=object)
+        self.item_ids = pa.array(self.items.item_ids.tolist(), pa.string())  # item row = position
         self.passes = 0  # passes started (for tests and logs)
         quiet_ray_data_logs()
 
@@ -185,7 +234,7 @@ class CaptionStream:
         source's other columns (B,)}.
 
         A block-level shuffle pool: whole blocks come from Ray Data (one row group each, in the pass's
-        seeded order) and each is converted once (:meth:`block_columns`: item-id lookup, finite check);
+        seeded order; from :class:`PassReads` a chunk of them at a time) and each is converted once (:meth:`block_columns`: item-id lookup, finite check);
         once the pool holds ``shuffle_rows`` rows they are permuted (seeded by pass) and cut into
         batches, and the fewer than ``local`` rows left over wait for the next cut. At the end of the pass
         the pool is cut the same way and its incomplete last batch dropped, as in memory. Per batch this
@@ -198,28 +247,39 @@ class CaptionStream:
         shuffle = max(self.cfg.data.streaming.shuffle_rows, local)
         pool: list[dict[str, np.ndarray]] = []
         pooled = 0
-        for table in self.source.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-            if not len(table):
-                continue
-            pool.append(self.block_columns(table))
-            pooled += len(table)
-            if pooled >= shuffle:
-                pool = yield from _cut(pool, local, rng)
-                pooled = sum(len(part["row"]) for part in pool)
+        for tables in self._bursts(p, shuffle):
+            for table in tables:
+                if not len(table):
+                    continue
+                pool.append(self.block_columns(table))
+                pooled += len(table)
+                if pooled >= shuffle:
+                    pool = yield from _cut(pool, local, rng)
+                    pooled = sum(len(part["row"]) for part in pool)
         yield from _cut(pool, local, rng)  # the rest of the pass; fewer than `local` rows are dropped
+
+    def _bursts(self, p: int, shuffle: int) -> Iterator[list[pa.Table]]:
+        """Pass ``p``'s blocks: whole chunks of >= ``shuffle`` rows read at once (:class:`PassReads`), or
+        one block at a time as Ray Data delivers them (reading ahead)."""
+        if isinstance(self.source, PassReads):
+            for chunk in self.source.chunks(p, shuffle):
+                yield self.source.read(chunk)
+            return
+        for table in self.source.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            yield [table]
 
     def block_columns(self, table: pa.Table) -> dict[str, np.ndarray]:
         """One block as numpy columns: "row" (item rows, (n,) int64), "embedding" ((n, Dc) float32, a
         read-only view of the block) and the other columns as (n,) arrays; checked once per block."""
-        item_ids = table.column("item_id").to_numpy(zero_copy_only=False)
-        rows = self.index.get_indexer(item_ids)  # (n,) item row = positive id; -1 = unknown
-        if (rows < 0).any():
-            bad = item_ids[int(np.flatnonzero(rows < 0)[0])]
+        ids = table.column("item_id")
+        found = pc.index_in(ids, value_set=self.item_ids)  # (n,) item row = positive id; null = unknown
+        if found.null_count:
+            bad = ids.filter(pc.is_null(found))[0].as_py()
             raise StoreError(f"{train_split_path(self.cfg)}: a caption points at missing item {bad!r}")
         emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(table), -1)
         if emb.dtype != np.float32 or not np.isfinite(np.add.reduce(emb, axis=None)) and not np.isfinite(emb).all():
             raise StoreError(f"{train_split_path(self.cfg)}: a caption embedding has NaN/inf values or is not float32")
-        out = {"row": rows.astype(np.int64), "embedding": emb}
+        out = {"row": found.to_numpy().astype(np.int64), "embedding": emb}
         for name in table.column_names:
             if name != "embedding":
                 out[name] = table.column(name).to_numpy(zero_copy_only=False)

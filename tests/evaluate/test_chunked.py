@@ -19,7 +19,7 @@ import torch
 from e2i.cli import main
 from e2i.config import TrainConfig, save_train_config
 from e2i.errors import ConfigError
-from e2i.evaluate.chunked import plan_evaluation, project_split
+from e2i.evaluate.chunked import DiskSplit, plan_evaluation, project_split
 from e2i.evaluate.evaluation import embed_for_evaluation, evaluate_run
 from e2i.evaluate.metrics import retrieval_metrics
 from e2i.model.heads import build_model
@@ -113,6 +113,24 @@ def test_small_blocks_cross_row_groups_and_keep_the_ranks(run_dir):
     _, pq_mem = retrieval_metrics(ref_i, ref_c, mem.caption_item, ci=False, per_query=True)
     _, pq_chunks = retrieval_metrics(item_z, cap_z, data.caption_item, ci=False, per_query=True)
     np.testing.assert_array_equal(pq_mem["text_to_item/mean_rank"], pq_chunks["text_to_item/mean_rank"])
+
+
+def test_validate_on_a_split_read_in_chunks_equals_in_memory(run_dir):
+    """The val split of a streamed training run over the budget: validate() on a DiskSplit (read and
+    projected every call) gives the in-memory metrics, per-query values and val loss."""
+    from e2i.model.losses import build_loss
+    from e2i.train.loop import validate
+
+    path = _test_path(run_dir)
+    torch.manual_seed(0)
+    cfg = TrainConfig(name="x").replace({"model.type": "mlp", "model.output_dim": OUTPUT_DIM,
+                                         "model.hidden_dim": 32, "model.num_layers": 1})
+    model, loss = build_model(cfg.model, ITEM_DIM, CAPTION_DIM), build_loss(cfg.loss, dim=OUTPUT_DIM)
+    mem = validate(model, loss, SplitTensors(load_split(path, with_text=False), torch.device("cpu")), 64, True, True)
+    disk = validate(model, loss, DiskSplit(path, split_size(path)), 64, True, True)
+    assert disk[0] == mem[0] and disk[0]["val/loss"] > 0
+    for key in mem[1]:
+        np.testing.assert_array_equal(disk[1][key], mem[1][key])
 
 
 def test_auto_picks_chunks_over_the_budget_and_refuses_what_does_not_fit_projected(run_dir):

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from e2i.config import train_config_from_dict
-from e2i.errors import ConfigError
+from e2i.errors import ConfigError, StoreError
 from e2i.model.losses import positive_mask
 from e2i.store import load_split, write_split
 from e2i.store.synthetic import make_synthetic_store
 from e2i.store.rowgroups import split_size
-from e2i.train.stream import CaptionStream, caption_dataset, plan_data
+from e2i.train.stream import CaptionStream, PassReads, caption_dataset, plan_data
 
 COLUMNS = ["caption_id", "item_id", "embedding"]
 
@@ -59,12 +59,13 @@ def _pass_pairs(stream: CaptionStream, p: int, local: int) -> list[tuple[str, st
     return pairs
 
 
-def test_each_pass_streams_every_caption_once_with_its_item(ray_local, sharded_store, tmp_path):
+@pytest.mark.parametrize("source", [caption_dataset, PassReads])  # Ray Data reading ahead; bursts (CPU loop)
+def test_each_pass_streams_every_caption_once_with_its_item(ray_local, sharded_store, tmp_path, source):
     cfg = _cfg(sharded_store, tmp_path)
     mem = load_split(sharded_store / "train", with_text=False)
     expected = Counter(zip(mem.caption_ids, mem.item_ids[mem.caption_item]))
     assert len(expected) == mem.num_captions == 700
-    ds = caption_dataset(str(sharded_store / "train"), seed=0, columns=COLUMNS)
+    ds = source(str(sharded_store / "train"), seed=0, columns=COLUMNS)
     stream = CaptionStream(ds, cfg, world=1, device=torch.device("cpu"))
     assert stream.num_captions == 700 and list(stream.items.item_ids) == list(mem.item_ids)
     first, second = _pass_pairs(stream, 0, 35), _pass_pairs(stream, 1, 35)  # 20 full batches a pass
@@ -80,6 +81,36 @@ def test_each_pass_streams_every_caption_once_with_its_item(ray_local, sharded_s
         caps = [cap_row[c] for c in batch["caption_id"].tolist()]
         np.testing.assert_array_equal(rows.numpy(), mem.caption_item[caps])
         np.testing.assert_array_equal(emb.numpy(), mem.caption_emb[caps])
+
+
+def test_burst_reads_cover_the_pass_in_pool_sized_chunks_and_repeat_exactly(ray_local, sharded_store, tmp_path):
+    # PassReads (the CPU loop in this process): a pass's row groups in chunks of >= shuffle_rows rows,
+    # each read whole before the loop trains on it, in chunk order, so the same pass gives the same batches
+    reads = PassReads(str(sharded_store / "train"), seed=0, columns=COLUMNS)
+    chunks = reads.chunks(0, 200)
+    rows = [sum(g["rows"] for g in c) for c in chunks]
+    assert len(chunks) > 2 and all(n >= 200 for n in rows[:-1]) and sum(rows) == 700
+    assert sorted((g["uri"], g["group"]) for c in chunks for g in c) == sorted(
+        (g["uri"], g["group"]) for g in reads.groups)  # every row group once
+    assert [g["uri"] for c in reads.chunks(1, 200) for g in c] != [g["uri"] for c in chunks for g in c]
+    tables = reads.read(chunks[0])
+    assert [len(t) for t in tables] == [g["rows"] for g in chunks[0]]  # whole chunk, in its order
+
+    cfg = _cfg(sharded_store, tmp_path).replace({"data.streaming.shuffle_rows": 200})
+    one, two = (CaptionStream(PassReads(str(sharded_store / "train"), seed=0, columns=COLUMNS), cfg, world=1,
+                              device=torch.device("cpu")) for _ in range(2))
+    assert _pass_pairs(one, 3, 35) == _pass_pairs(two, 3, 35)
+
+
+def test_a_caption_of_an_unknown_item_is_a_one_line_store_error(ray_local, sharded_store, tmp_path):
+    import pyarrow as pa
+
+    stream = CaptionStream(PassReads(str(sharded_store / "train"), seed=0), _cfg(sharded_store, tmp_path),
+                           world=1, device=torch.device("cpu"))
+    table = pa.table({"item_id": ["syn_000001", "nope"], "embedding": pa.array(
+        [[0.0] * 16] * 2, pa.list_(pa.float32(), 16))})
+    with pytest.raises(StoreError, match="a caption points at missing item 'nope'"):
+        stream.block_columns(table)
 
 
 def test_captions_of_one_item_in_a_batch_are_positives(ray_local, sharded_store, tmp_path):
@@ -132,13 +163,16 @@ def test_fit_forced_to_stream_trains_like_in_memory(ray_local, sharded_store, tm
     from e2i.train.driver import fit
 
     memory = fit(_cfg(sharded_store, tmp_path / "mem"), evaluate=False)
-    streamed = fit(_cfg(sharded_store, tmp_path / "str", **{"data.streaming.memory_budget_gb": 1e-6}),
+    # 12 kB: train (58 kB raw) streams; val (12.5 kB raw, 11.5 kB projected to 16-d) is read in chunks
+    streamed = fit(_cfg(sharded_store, tmp_path / "str", **{"data.streaming.memory_budget_gb": 1.2e-5}),
                    evaluate=False)
     out = capsys.readouterr().out
     assert "train split in memory (estimate" in out and "train captions streamed with Ray Data" in out
+    assert "[stream] val split evaluated in chunks from disk (estimate 1.25e-05 GB exceeds" in out
     assert memory["train_data"]["path"] == "memory" and streamed["train_data"]["path"] == "stream"
     saved = json.loads((tmp_path / "str" / "stream" / "metrics.json").read_text())
-    assert saved["train_data"]["path"] == "stream"
+    assert saved["train_data"]["path"] == "stream" and saved["val_data"]["path"] == "chunks"
+    assert "val_data" not in memory  # in memory with the train split, as always
     # the same optimizer steps and passes per epoch on both paths
     assert [h["step"] for h in streamed["history"]] == [h["step"] for h in memory["history"]] == [30, 60, 90, 120]
     assert streamed["history"][-1]["passes"] == memory["history"][-1]["passes"] == 12.0
