@@ -19,13 +19,15 @@ The stream (:func:`caption_dataset`): the manifest's caption shards' row groups 
 Ray Data block each, in a seeded order that changes every pass (``randomize_block_order`` on the
 row-group list, which is tiny), read by Ray Data tasks (``map_batches``, 0 CPUs reserved, at most
 ``READ_TASKS`` at once, so they never wait for CPUs that the train workers hold) -> per-worker shards
-(Ray Train's ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself when
-training in this process) -> whole blocks into a shuffle pool of ``data.streaming.shuffle_rows`` rows
-(:meth:`CaptionStream.pass_batches`, seeded per pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of
-a pass are disjoint; ``equal=True`` drops fewer than ``world`` rows, then the incomplete last batch is
+(Ray Train's ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself for a
+GPU loop in this process; a CPU loop in this process reads each pass in bursts of one pool,
+:class:`PassReads`, so that nothing reads while torch's threads compute) -> whole blocks into a
+shuffle pool of ``data.streaming.shuffle_rows`` rows (:meth:`CaptionStream.pass_batches`, seeded per
+pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of a
+pass are disjoint; ``equal=True`` drops fewer than ``world`` rows, then the incomplete last batch is
 dropped as in memory), and the micro-batch ``g`` of the run is batch ``g % n`` of pass ``g // n`` with
 the same ``n = global_batches(...)`` as in memory, so epochs, steps and resume line up. Row order
-within a pass is not bit-reproducible (blocks arrive as read tasks finish).
+within a pass is bit-reproducible on the burst path only (elsewhere blocks arrive as read tasks finish).
 
 ``read_parquet`` was measured and not used here: its ListFiles task costs ~1.5 s per pass (Ray 2.60)
 and it would list the directory instead of the manifest's committed shards. No ray at import.
@@ -234,8 +236,8 @@ class CaptionStream:
         source's other columns (B,)}.
 
         A block-level shuffle pool: whole blocks come from Ray Data (one row group each, in the pass's
-        seeded order; from :class:`PassReads` a chunk of them at a time) and each is converted once (:meth:`block_columns`: item-id lookup, finite check);
-        once the pool holds ``shuffle_rows`` rows they are permuted (seeded by pass) and cut into
+        seeded order; from :class:`PassReads` a chunk of them at a time) and each is converted once
+        (:meth:`block_columns`: item-id lookup, finite check); once the pool holds ``shuffle_rows`` rows they are permuted (seeded by pass) and cut into
         batches, and the fewer than ``local`` rows left over wait for the next cut. At the end of the pass
         the pool is cut the same way and its incomplete last batch dropped, as in memory. Per batch this
         costs one fancy-index copy, as the in-memory path; Ray Data's own local shuffle buffer (a
