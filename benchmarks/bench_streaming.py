@@ -3,8 +3,9 @@
 Same store (synthetic-latent, several caption shards), head (``clip``), loss (``sigmoid_infonce``),
 batch, epochs and torch threads on both sides; both run ``e2i.train.driver.fit`` in this process
 (1 CPU worker: the in-process loop), one with the split in memory (``data.streaming.mode: never``),
-one with its captions streamed (``always``: Ray Data reads the caption row groups in tasks, whole
-blocks go into a shuffle pool of ``data.streaming.shuffle_rows`` rows, batches; the items stay in memory). Epochs are
+one with its captions streamed (``always``: Ray Data reads the caption row groups in tasks, on this CPU
+loop in bursts of one pool (``PassReads``: a chunk of >= ``data.streaming.shuffle_rows`` rows read whole
+before the loop trains on it), whole blocks go into the shuffle pool, batches; the items stay in memory). Epochs are
 plain passes (``optim.min_steps_per_epoch: 0``), as on a store large enough to need streaming.
 
 Figure: ``train/pairs_per_s`` (timed inside the loop over the optimisation steps, validation
@@ -90,7 +91,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     pairs = split.captions // size["batch"] * size["batch"]
     val_mem, val_stream = statistics.mean(best["never"]), statistics.mean(best["always"])
     return [
-        Result(BENCH, f"streamed train captions (Ray Data: {groups} row groups -> block shuffle pool -> batches; "
+        Result(BENCH, f"streamed train captions (Ray Data: {groups} row groups read in bursts of one pool -> shuffle pool -> batches; "
                       f"items in memory) vs the split in memory, same store ({split.captions:,} captions x "
                       f"{split.caption_dim}-d, {gb:.2f} GB), clip head, sigmoid loss, batch {size['batch']}, "
                       f"{threads} torch thread(s), in-process loop",
