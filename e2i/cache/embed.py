@@ -278,8 +278,9 @@ def embed_dataset(ds: Any, encs: Mapping[str, Any], *, batch_sizes: Mapping[str,
                   skip_items: list[str] | None = None) -> Any:
     """``ds`` (blocks of rows or block specs, one kind each) -> preprocess tasks -> the ``udf`` actor pool
     (:class:`EmbedBatch` or a subclass, constructed with ``encoders``, ``batch_sizes`` and ``udf_kwargs``).
-    ``step``: the actors' batch size (None: a batch is one block). ``keep_blocks``: no size-based block
-    splitting, so one input block stays one block up to the actors (GPU pools and worker-side writes).
+    ``step``: the actors' batch size (None: a batch is one block, on GPU actors too with ``keep_blocks``).
+    ``keep_blocks``: no size-based block splitting, so one input block stays one block up to the actors
+    (GPU pools and worker-side writes).
     ``skip_items``: see :func:`preprocess_batch`."""
     import ray.data
 
@@ -296,7 +297,10 @@ def embed_dataset(ds: Any, encs: Mapping[str, Any], *, batch_sizes: Mapping[str,
     prep = {"encoders": encs, **({"skip_items": list(skip_items)} if skip_items else {})}
     ds = ds.map_batches(preprocess_batch, fn_kwargs=prep, batch_size=None, batch_format="numpy",
                         num_cpus=1, **decode)
-    ds = ds.map_batches(udf, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes),
-                                                   **dict(udf_kwargs or {})},
-                        batch_size=step, batch_format="numpy", **resources)
+    # Worker-side writes need one block per actor call on GPU actors too (a shard is one input block, named
+    # by its ids): `map_batches` refuses batch_size=None with num_gpus, its DeveloperAPI body
+    # `map_batches_internal` (ray/data/dataset.py, 2.60) does not; the actor splits the block into calls.
+    stage = ds.map_batches_internal if keep_blocks and step is None and resources.get("num_gpus") else ds.map_batches
+    ds = stage(udf, fn_constructor_kwargs={"encoders": encs, "batch_sizes": dict(batch_sizes), **dict(udf_kwargs or {})},
+               batch_size=step, batch_format="numpy", **resources)
     return ds

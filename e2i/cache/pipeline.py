@@ -81,7 +81,10 @@ LIGHT = {"audio": "logmel-stats", "text": "ngram-hash", "image": "image-stats"}
 def infer_corpus_kind(path: str | os.PathLike) -> str:
     """Guess the reader for ``--metadata``: Clotho CSV/dir, COCO root, JSON/JSONL metadata, image folder."""
     from e2i.corpus.fspath import corpus_path
+    from e2i.corpus.jsonl import is_glob
 
+    if is_glob(path):  # many metadata files (meta/train-*.jsonl): only the jsonl reader takes a glob
+        return "jsonl"
     p = corpus_path(path)  # a local Path, or an FsPath for s3://... (listed, nothing downloaded)
     if p.is_file():
         if p.suffix.lower() == ".csv":

@@ -92,6 +92,9 @@ def print_summary(summary: dict) -> None:
     if summary.get("write_on"):
         w = summary["write_on"]
         line += f"; shards written by the {w['path']} ({w['reason']})"
+    if summary.get("index", {}).get("files", 1) > 1:
+        ix = summary["index"]
+        line += f"; index: {ix['files']} metadata files read by {ix['read_tasks']} tasks"
     console.print(line, highlight=False)
     if summary["images"]:
         im = summary["images"]

@@ -151,8 +151,11 @@ class EmbedWrite(EmbedBatch):
             arrays["embedding"] = embedding_array(out["embedding"][ok])
             if kind == "items" and self.meta_schema is not None and meta is not None:
                 values = [json.loads(m) for m in meta[ok]]
-                for field in self.meta_schema:
-                    arrays[field.name] = pa.array([v.get(field.name) for v in values], field.type)
+                for field in self.meta_schema:  # a file's ints stored as strings when another has text
+                    col = [v.get(field.name) for v in values]
+                    if pa.types.is_string(field.type):
+                        col = [None if x is None else str(x) for x in col]
+                    arrays[field.name] = pa.array(col, field.type)
             table = pa.table(arrays).replace_schema_metadata({b"e2i.encoder": self.tags[kind], NODE_KEY: self.node})
             info = write_shard_file(self.fs, self.root, kind, table, name, where=f"{self.store}/{kind}/{name}.parquet")
         return {"kind": np.array([kind], dtype=object), "info": np.array([json.dumps({**info, "node": node})],
@@ -196,9 +199,9 @@ def run_phase(run: Any, kind: str, blocks: list, head: Mapping[str, Any], skip_i
     if blocks:
         res = res_for(len(blocks))
         stats.pool = run.pool_summary(res)
-        step = min(head["blocks"][kind]) if res.get("num_gpus") else None  # GPU: rows per call, <= any block
+        # one block per actor call (GPU actors too): the shard is the block, its name the block's ids
         ds = embed_dataset(ray.data.from_arrow_refs(blocks), {kind: run.encoders[kind]}, batch_sizes=run.batch_sizes,
-                           resources=res, limits=execution_limits(res, run.cpus_per_gpu), step=step, udf=EmbedWrite,
+                           resources=res, limits=execution_limits(res, run.cpus_per_gpu), step=None, udf=EmbedWrite,
                            keep_blocks=True, skip_items=skip_items,
                            udf_kwargs={"store": head["store"], "meta_schema": head["meta_schema"]})
         seen: set[str] = set()
@@ -289,8 +292,7 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
     sizes = {m: {"items": batch_size_by_name(names[m], batch_size), "captions": batch_size_by_name(names["text"],
                                                                                                    batch_size)}
              for m in ("audio", "image")}
-    gen = ray.remote(num_cpus=1, max_retries=3)(index_blocks).remote(corpus, store_root, dataset, sizes)
-    head = ray.get(next(gen))
+    head, refs = read_index(corpus, store_root, dataset, sizes)
     if not head["modalities"]:
         raise CorpusError(f"{metadata}: no usable items ({len(head['rejected'])} rejected rows)")
     if len(head["modalities"]) > 1:
@@ -310,9 +312,11 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
         return pool_resources(run.cluster, num_actors=num_actors, use_gpu=use_gpu, cpu_only=cpu_only,
                               num_batches=blocks)
 
-    refs = {k: [next(gen) for _ in head["blocks"][k]] for k in ("items", "captions")}
+    seen = len(run.rejected)
     run_phase(run, "items", refs["items"], head, [], res_for)
-    rejected_items = sorted({r["id"] for r in run.rejected})  # the reader's and the pipeline's
+    # the items the pipeline rejected (the reader's have no captions in the index, and a reader's "duplicate
+    # id" row carries the id of an item that is stored)
+    rejected_items = sorted({r["id"] for r in run.rejected[seen:]})
     run_phase(run, "captions", refs["captions"], head, rejected_items, res_for)
     manifest = run.finalize(complete=True)
     if manifest is None:
@@ -322,9 +326,31 @@ def cache_on_workers(metadata: Any, kind: str, where: dict, *, split: str | None
                           t_start, None)
     summary["write_on"] = where
     summary["nodes"] = sorted({s["node"] for s in run.shards})
+    summary["index"] = head["index"]
     if not quiet:
         print_summary(summary)
     return summary
+
+
+def read_index(corpus: Mapping[str, Any], store_root: str, dataset: str | None,
+               sizes: Mapping[str, Mapping[str, int]]) -> tuple[dict, dict[str, list]]:
+    """(header, {kind: block refs}) of the corpus: one read task per metadata file when the jsonl metadata
+    is many files (``e2i.cache.index``), else the one-task index (:func:`index_blocks`: a Clotho CSV, a COCO
+    JSON, one JSONL file, an image folder)."""
+    import ray
+
+    if corpus["kind"] == "jsonl":
+        from e2i.corpus.jsonl import metadata_files
+
+        files = metadata_files(corpus["metadata"], corpus["split"])
+        if len(files) > 1:
+            from e2i.cache.index import parallel_index
+
+            return parallel_index(corpus, [str(f) for f in files], store_root, dataset, sizes)
+    gen = ray.remote(num_cpus=1, max_retries=3)(index_blocks).remote(corpus, store_root, dataset, sizes)
+    head = ray.get(next(gen))
+    head["index"] = {"files": 1, "read_tasks": 1}
+    return head, {k: [next(gen) for _ in head["blocks"].get(k, [])] for k in ("items", "captions")}
 
 
 class _CorpusCounts:

@@ -2,6 +2,9 @@
 
 ``.jsonl`` (one record per line) or ``.json`` (a list of records or ``{"data": [...]}`` as in WavCaps).
 A directory holds ``<split>.jsonl``/``.json``, ``metadata_<split>.jsonl`` or ``metadata.jsonl``/``.json``.
+Many files (the layout of large corpora; :func:`metadata_files`): a glob (``meta/train-*.jsonl``, ``*``/``?``
+in the last part), or a directory with ``--split S`` holding ``S/*.jsonl``, ``S-*.jsonl`` or ``S_*.jsonl``;
+they are read in name order as one corpus (an id in two files: the later record is a duplicate).
 Each record: media path under ``path``/``audio``/``image``/``file``/``file_name`` (relative paths are
 resolved against the metadata file's dir; a Hugging Face style ``{"path": ...}`` dict works too),
 ``caption`` (str) or ``captions`` (list of str), optional ``id`` (default: the path as written) and
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,19 +27,52 @@ from e2i.corpus.rows import Corpus, Item, Rejected
 from e2i.errors import CorpusError
 
 PATH_KEYS = ("path", "audio", "image", "file", "file_name")
+GLOB_CHARS = frozenset("*?[")
 
 
-def _find_metadata(path: Path, split: str | None) -> Path:
-    if path.is_file():
-        return path
-    names = ([f"{split}.jsonl", f"{split}.json", f"metadata_{split}.jsonl"] if split else []) + [
-        "metadata.jsonl",
-        "metadata.json",
-    ]
-    for name in names:
-        if (path / name).is_file():
-            return path / name
-    raise CorpusError(f"{path}: no metadata file (looked for {', '.join(names)})")
+def is_glob(path: str | os.PathLike) -> bool:
+    """True when the last part of ``path`` is a pattern (``meta/train-*.jsonl``)."""
+    return bool(GLOB_CHARS & set(posixpath.basename(os.fspath(path))))
+
+
+def metadata_files(path: str | os.PathLike, split: str | None) -> list[Any]:
+    """The metadata file(s) ``path`` stands for, in name order (Paths, or FsPaths for URIs): a file; a
+    glob's matches; a directory's single metadata file (``<split>.jsonl``, ``metadata.jsonl``, ...), else
+    with ``split`` its shards ``<split>/*.jsonl``, ``<split>-*.jsonl`` or ``<split>_*.jsonl``."""
+    text = os.fspath(path)
+    if is_glob(text):
+        folder, pattern = text.rsplit("/", 1) if "/" in text else (".", text)
+        found = sorted(corpus_path(folder).glob(pattern))
+        if not found:
+            raise CorpusError(f"{text}: no metadata file matches")
+        return found
+    root = corpus_path(text)
+    if root.is_file():
+        return [root]
+    singles = ([f"{split}.jsonl", f"{split}.json", f"metadata_{split}.jsonl"] if split else []) + [
+        "metadata.jsonl", "metadata.json"]
+    for name in singles:
+        if (root / name).is_file():
+            return [root / name]
+    shards = [f"{split}/*.jsonl", f"{split}-*.jsonl", f"{split}_*.jsonl"] if split else []
+    for pattern in shards:
+        found = sorted(f for f in root.glob(pattern) if f.is_file())
+        if found:
+            return found
+    raise CorpusError(f"{root}: no metadata file (looked for {', '.join(singles + shards)})")
+
+
+def corpus_names(path: str | os.PathLike, files: list[Any], split: str | None) -> tuple[str, str]:
+    """(corpus name, split) of the metadata ``files`` found for ``path``: one file names both by its stem
+    (``train.jsonl`` -> train); many files are named by the directory ``path`` names (``data/wavcaps/*.jsonl``
+    -> wavcaps) and their split is ``split``, else a glob's literal prefix (``train-*.jsonl`` -> train)."""
+    if len(files) == 1:
+        return files[0].stem, split or files[0].stem
+    text = os.fspath(path).rstrip("/")
+    folder = posixpath.dirname(text) if is_glob(text) else text
+    name = posixpath.basename(folder) or files[0].parent.name
+    prefix = posixpath.basename(text).split("*")[0].split("?")[0].rstrip("-_.") if is_glob(text) else ""
+    return name, split or prefix or name
 
 
 def _records(path: Path) -> Iterator[tuple[str, Any, str]]:
@@ -73,10 +110,19 @@ def _record_path(rec: dict) -> str | None:
 
 
 def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: bool = False) -> Corpus:
-    """Generic JSON/JSONL metadata (media path + caption(s) per record) -> Corpus."""
-    meta_path = _find_metadata(corpus_path(path), split)
+    """Generic JSON/JSONL metadata (media path + caption(s) per record), one file or many -> Corpus."""
+    files = metadata_files(path, split)
+    corpus, seen = Corpus(*corpus_names(path, files, split), []), {}
+    for meta_path in files:
+        read_jsonl_file(meta_path, corpus, seen, curate)
+    return corpus
+
+
+def read_jsonl_file(meta_path: Any, corpus: Corpus, seen: dict[str, str], curate: bool) -> None:
+    """Add the records of one metadata file to ``corpus`` (items, rejected rows, curation). ``seen``
+    ({item id: source of its first record}) is updated with every record that got an id, rejected or not:
+    a later record with that id is a duplicate."""
     base = meta_path.parent
-    corpus, seen = Corpus(meta_path.stem, split or meta_path.stem, []), {}
     for source, rec, problem in _records(meta_path):
         if not problem and not isinstance(rec, dict):
             problem = "record is not a JSON object"
@@ -114,4 +160,3 @@ def read_jsonl(path: str | os.PathLike, *, split: str | None = None, curate: boo
                 and isinstance(v, (str, int, float, bool))
             }
             corpus.items.append(Item(item_id, str(media.absolute()), caps.texts, modality, meta, caps.ids))
-    return corpus

@@ -30,7 +30,7 @@ from e2i.corpus.clotho import read_clotho
 from e2i.corpus.coco import read_coco
 from e2i.corpus.fspath import corpus_path
 from e2i.corpus.imagefolder import read_imagefolder
-from e2i.corpus.jsonl import read_jsonl
+from e2i.corpus.jsonl import is_glob, read_jsonl
 from e2i.corpus.rows import Corpus
 from e2i.errors import CorpusError
 
@@ -48,7 +48,7 @@ def read_corpus(
     """Read a corpus with ``READERS[kind]``; ``options`` go to the reader (e.g. imagefolder ``template``)."""
     if kind not in READERS:
         raise CorpusError(f"unknown corpus kind {kind!r}; valid: {', '.join(READERS)}")
-    if not corpus_path(path).exists():
+    if not is_glob(path) and not corpus_path(path).exists():  # a glob's reader says when nothing matches
         raise CorpusError(f"{path}: no such file or directory")
     reader = READERS[kind]
     try:

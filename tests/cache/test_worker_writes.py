@@ -39,25 +39,36 @@ def rejected(split_dir) -> set[tuple[str, str]]:
     return {(r["id"], r["reason"]) for r in pq.read_table(split_dir / "rejected.parquet").to_pylist()}
 
 
-@pytest.fixture(scope="module")
-def both(ray_local, corpus, tmp_path_factory):
-    """The corpus through both paths (batches of 8 rows: several shards per kind)."""
-    root = tmp_path_factory.mktemp("stores-w")
+def through_both_paths(metadata, root, split: str) -> dict:
+    """``metadata`` cached with worker writes and with driver writes under ``root`` (batches of 8 rows:
+    several shards per kind): {"workers" | "driver": (summary, the split's dir)}; ``split``: dataset/split."""
     out = {}
     for path in ("workers", "driver"):
-        summary = cache.cache_corpus(corpus, cache_dir=root / path, batch_size=8, write_on=path, quiet=True, **LIGHT)
-        out[path] = (summary, root / path / "toy" / "development")
+        summary = cache.cache_corpus(metadata, cache_dir=root / path, batch_size=8, write_on=path, quiet=True, **LIGHT)
+        out[path] = (summary, root / path / split)
     return out
+
+
+def assert_same_embeddings(a_dir, b_dir) -> dict:
+    """Both stores verify and hold the same ids with bit-identical embeddings; returns ``by_id(a_dir)``."""
+    assert verify_store(a_dir) == [] and verify_store(b_dir) == []
+    a, b = by_id(a_dir), by_id(b_dir)
+    for kind in ("items", "captions"):
+        assert sorted(a[kind]) == sorted(b[kind]), kind
+        assert all(np.array_equal(a[kind][i], b[kind][i]) for i in a[kind]), kind
+    return a
+
+
+@pytest.fixture(scope="module")
+def both(ray_local, corpus, tmp_path_factory):
+    """The corpus through both paths."""
+    return through_both_paths(corpus, tmp_path_factory.mktemp("stores-w"), "toy/development")
 
 
 def test_worker_writes_give_the_driver_path_store(both):
     (sw, w), (sd, d) = both["workers"], both["driver"]
     assert sw["write_on"] == {"path": "workers", "reason": "--write-on"} and sd["write_on"]["path"] == "driver"
-    assert verify_store(w) == [] and verify_store(d) == []
-    a, b = by_id(w), by_id(d)
-    for kind in ("items", "captions"):
-        assert sorted(a[kind]) == sorted(b[kind]), kind
-        assert all(np.array_equal(a[kind][i], b[kind][i]) for i in a[kind]), kind
+    a = assert_same_embeddings(w, d)
     assert len(a["items"]) == N_ITEMS  # broken.wav and silent.wav rejected by the decoder, missing.wav by the reader
     assert rejected(w) == rejected(d)
     assert {i for i, r in rejected(w) if r == "item rejected"} == {f"{n}#{k}" for n in ("broken.wav", "silent.wav")
@@ -74,21 +85,28 @@ def test_worker_writes_give_the_driver_path_store(both):
 def test_worker_writes_resume_embeds_exactly_what_is_missing(both, corpus, tmp_path):
     """A killed run's state: some shards of each kind gone, no manifest. The re-run anti-joins the ids of
     the complete shards, embeds the rest and ends with the uninterrupted store."""
-    _, ref = both["workers"]
-    split = tmp_path / "toy" / "development"
-    shutil.copytree(ref, split)
-    (split / "manifest.json").unlink()
-    lost = {k: sorted((split / k).glob("*.parquet"))[:2] for k in ("items", "captions")}
+    resume_after_losing_shards(both["workers"][1], corpus, tmp_path, "toy/development")
+
+
+def resume_after_losing_shards(ref, metadata, root, split: str) -> dict[str, list]:
+    """Copies the store ``ref`` to ``root/split`` as a killed run leaves it (no manifest, the first two
+    shards of each kind gone), re-runs worker writes of ``metadata`` there, and checks that exactly the
+    lost rows were embedded and the store is ``ref``'s again (ids); returns the lost shards' paths."""
+    split_dir = root / split
+    shutil.copytree(ref, split_dir)
+    (split_dir / "manifest.json").unlink()
+    lost = {k: sorted((split_dir / k).glob("*.parquet"))[:2] for k in ("items", "captions")}
     lost_rows = {k: sum(pq.read_metadata(p).num_rows for p in v) for k, v in lost.items()}
     for paths in lost.values():
         for p in paths:
             p.unlink()
-    summary = cache.cache_corpus(corpus, cache_dir=tmp_path, batch_size=8, write_on="workers", quiet=True, **LIGHT)
+    summary = cache.cache_corpus(metadata, cache_dir=root, batch_size=8, write_on="workers", quiet=True, **LIGHT)
     for kind in ("items", "captions"):
         assert summary[kind]["embedded"] == lost_rows[kind], (kind, summary[kind])
-    assert verify_store(split) == []
-    a, b = by_id(split), by_id(ref)
+    assert verify_store(split_dir) == []
+    a, b = by_id(split_dir), by_id(ref)
     assert {k: sorted(v) for k, v in a.items()} == {k: sorted(v) for k, v in b.items()}
+    return lost
 
 
 def test_write_on_choice(ray_local, tmp_path):
