@@ -7,7 +7,8 @@ weight decay, output dim, temperature, hidden dim), the same number of trials, `
 full trial and two concurrent trials (one per core):
 
 - **ASHA + Optuna**: TPE sampler, ASHA with grace period 1, reduction factor 3 (rungs at 1, 3, 9
-  epochs; ASHA-stopped trials are PRUNED in Optuna);
+  epochs; a rung promotes the top third of its results and holds the first two arrivals paused until
+  it has three, ``e2i.tune.optuna_search.rung_verdict``; ASHA-stopped trials are PRUNED in Optuna);
 - **FIFO random**: Optuna's random sampler, every trial runs ``max_t`` epochs.
 
 Each pair of searches runs for two sampler seeds (0 and 1): ASHA is asynchronous, so which trials

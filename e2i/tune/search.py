@@ -17,8 +17,9 @@ How it fits together (numbered as in Ray's train/tune interop example):
    object store once; every trial on a node maps the same float32 buffers (zero-copy numpy).
 4. ``OptunaSearch`` (TPE, storage = an ``optuna.storages.RDBStorage``, SQLite by default) proposes,
    ``ASHAScheduler`` (time_attr ``epoch``) stops weak trials at rungs ``grace * rf^k``; both as
-   :mod:`e2i.tune.optuna_search` adapts them (ASHA-stopped trials are PRUNED, the study is repaired
-   on resume).
+   :mod:`e2i.tune.optuna_search` adapts them (a rung promotes its top 1/rf once it holds rf results,
+   trials reaching it before wait paused; ASHA-stopped trials are PRUNED, the study is repaired on
+   resume).
 
 The objective is ``best/<metric>``: the best validation value of the trial so far (``e2i train``
 keeps the best epoch's weights, so a finished trial's value is what retraining its config gives).

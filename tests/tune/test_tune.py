@@ -30,6 +30,7 @@ from e2i.tune.optuna_search import (
     TRIAL_KEY,
     E2IOptunaSearch,
     RecordingASHA,
+    rung_verdict,
 )
 from e2i.tune.search import tune_space
 from e2i.tune.space import load_space
@@ -109,21 +110,106 @@ def test_asha_stopped_trials_are_pruned_with_their_curve():
     assert all(t.user_attrs["tune_trial_id"] == tid for t, tid in zip((a, b, c, d), "abcd"))
 
 
-def test_recording_asha_marks_rung_stops_only():
+def test_rung_verdict_waits_for_reduction_factor_results():
+    """A rung promotes the top n // rf of its n results; with fewer than rf results it waits (Ray's
+    ASHA promoted the first trial to reach a rung whatever its value); at the end the best goes on."""
+    rung = {"a": 0.5}
+    assert rung_verdict(rung, "a", 3) == "wait"
+    assert rung_verdict(rung, "a", 3, final=True) == "promote"  # nothing else can reach the rung
+    rung["b"] = 0.4
+    assert [rung_verdict(rung, t, 3) for t in "ab"] == ["wait", "wait"]
+    assert [rung_verdict(rung, t, 3, final=True) for t in "ab"] == ["promote", "stop"]
+    rung["c"] = 0.6
+    assert [rung_verdict(rung, t, 3) for t in "abc"] == ["stop", "stop", "promote"]
+    rung.update(d=0.55, e=0.1, f=float("nan"))  # 6 results: the top 2 go on; NaN ranks last
+    assert [rung_verdict(rung, t, 3) for t in "abcdef"] == ["stop", "stop", "promote", "promote", "stop", "stop"]
+    assert rung_verdict({"x": 0.2, "y": 0.3}, "y", 2) == "promote"  # rf 2: 2 results are enough
+
+
+class _Controller:
+    """The part of Tune's controller the scheduler uses: the trials, and stop_trial, which tells the
+    scheduler (on_trial_remove) before the trial is TERMINATED, as Tune does for a paused trial."""
+
+    def __init__(self, trials, scheduler=None):
+        self.trials, self.scheduler, self.stopped = trials, scheduler, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        self.scheduler.on_trial_remove(self, trial)
+        trial.set_status("TERMINATED")
+
+
+def _asha_run(ids, *, num_samples, max_t, rf):
     from ray.tune.experiment import Trial
 
-    search = _searcher()
-    asha = RecordingASHA(searcher=search, time_attr="epoch", metric=METRIC, mode="max", max_t=4,
-                         grace_period=1, reduction_factor=2)
-    trials = [Trial("fn", trial_id=t, stub=True) for t in ("good", "bad", "last")]
+    search = _searcher(num_samples=num_samples)
+    asha = RecordingASHA(searcher=search, time_attr="epoch", metric=METRIC, mode="max", max_t=max_t,
+                         grace_period=1, reduction_factor=rf)
+    trials = [Trial("fn", trial_id=t, stub=True) for t in ids]
+    tune = _Controller(trials, asha)
     for trial in trials:
-        asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, trials[0], _result(1, 0.5)) == "CONTINUE"
-    assert asha.on_trial_result(None, trials[1], _result(1, 0.1)) == "STOP"  # below the rung's cutoff
-    assert asha.on_trial_result(None, trials[2], _result(4, 0.2)) == "STOP"  # max_t: a normal end
-    assert search.stopped_early == {"bad"}
+        search.suggest(trial.trial_id)
+        asha.on_trial_add(tune, trial)
+        trial.set_status(Trial.RUNNING)
+    return search, asha, trials, tune
+
+
+def test_recording_asha_waits_at_a_rung_then_promotes_the_best():
+    from ray.tune.experiment import Trial
+
+    search, asha, trials, tune = _asha_run(("first", "second", "third", "fourth"), num_samples=4, max_t=9,
+                                           rf=3)  # rungs 1, 3
+    # the first two results at rung 1 wait (paused: their slots run other trials), whatever their value
+    assert asha.on_trial_result(tune, trials[0], _result(1, 0.5)) == "PAUSE"
+    assert asha.on_trial_result(tune, trials[1], _result(1, 0.2)) == "PAUSE"
+    assert search.running() == {"third", "fourth"}  # waiting trials hold no concurrency slot
+    # the third result ranks the rung: the best of three goes on, the others stop
+    assert asha.on_trial_result(tune, trials[2], _result(1, 0.3)) == "STOP"
+    assert tune.stopped == ["second"] and asha.promoted == {"first"} and not asha.waiting
+    trials[2].set_status(Trial.TERMINATED)  # Tune carries out the STOP
+    trials[0].set_status(Trial.PAUSED)
+    assert asha.choose_trial_to_run(tune) is trials[0]
+    assert search.stopped_early == {"second", "third"}
+    # "fourth" is better than "first" at rung 3 but comes alone: it waits until no result can reach
+    # rung 3 any more ("first" is still below it), then, as the rung's best, goes on to max_t
+    assert asha.on_trial_result(tune, trials[3], _result(1, 0.9)) == "CONTINUE"
+    assert asha.on_trial_result(tune, trials[3], _result(3, 0.95)) == "PAUSE"
+    trials[0].set_status(Trial.RUNNING)
+    assert asha.on_trial_result(tune, trials[0], _result(2, 0.55)) == "CONTINUE"
+    assert asha.on_trial_result(tune, trials[0], _result(3, 0.6)) == "STOP"  # rung 3 closed: final
+    assert asha.promoted == {"fourth"} and asha.on_trial_result(tune, trials[3], _result(9, 0.97)) == "STOP"
+    assert search.stopped_early == {"first", "second", "third"}
     asha.replay({"x": {1: 0.9, 2: 0.8}})  # rungs refilled from the study on resume
     assert dict(asha._brackets[0]._rungs[-1][1])["x"] == 0.9
+
+
+def test_the_last_result_of_a_rung_stops_the_waiting_trial_and_goes_on():
+    """The waiting trial's stop calls back into the scheduler (Tune's stop_trial -> on_trial_remove),
+    which must not decide the current trial a second time."""
+    search, asha, trials, tune = _asha_run(("slow", "fast"), num_samples=2, max_t=2, rf=2)
+    assert asha.on_trial_result(tune, trials[0], _result(1, 0.1)) == "PAUSE"
+    assert asha.on_trial_result(tune, trials[1], _result(1, 0.5)) == "CONTINUE"
+    assert tune.stopped == ["slow"] and not asha.waiting and search.stopped_early == {"slow"}
+
+
+def test_a_trial_stopped_while_paused_at_a_rung_is_pruned_with_its_curve():
+    search = _searcher()
+    search.suggest("a")
+    search.on_trial_result("a", _result(1, 0.25))
+    search.stopped_early.add("a")
+    search.on_trial_complete("a")  # Tune's stop_trial of a PAUSED trial passes no result
+    (a,) = search._ot_study.get_trials()
+    assert (a.state, a.intermediate_values, a.value) == (TrialState.PRUNED, {1: 0.25}, 0.25)
+
+
+def test_the_tune_driver_does_not_import_torch():
+    """torch is ~2 s of a search's start on 2 cores; only the trials need it."""
+    code = ("import sys; from e2i.tune.search import tensorboard_logger; from e2i.store.mix import load_train_val; "
+            "tensorboard_logger(); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_budget_and_study_repair_on_restore(tmp_path):
@@ -274,10 +360,11 @@ def _states(url: str, name: str) -> dict[str, int]:
 
 
 def _kill_at_an_orphan(proc: subprocess.Popen, url: str, study_name: str, timeout: float = 400) -> tuple[dict, int]:
-    """Poll the study and SIGKILL the driver (with its Ray) as soon as a trial was PRUNED and another one is
-    RUNNING without a reported epoch: asked by the searcher but in no experiment snapshot yet (snapshots
-    follow trial checkpoints, and a trial checkpoints with each epoch it reports), so after the kill it
-    is an orphan. Returns ({number: FrozenTrial} of the finished trials, the orphan's number)."""
+    """Poll the study and SIGKILL the driver (with its Ray) as soon as a trial was PRUNED and the next one,
+    asked after that, is RUNNING without a reported epoch: asked by the searcher but in no experiment
+    snapshot yet (snapshots follow trial checkpoints, and the pruned trial's rung checkpoint came before
+    it), so after the kill it is an orphan. Returns ({number: FrozenTrial} of the finished trials, the
+    orphan's number)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -290,9 +377,12 @@ def _kill_at_an_orphan(proc: subprocess.Popen, url: str, study_name: str, timeou
         # "tune_trial_id" is set once the searcher has suggested all of the trial's params
         fresh = [t.number for t in trials if t.state == TrialState.RUNNING and not t.intermediate_values
                  and "tune_trial_id" in t.user_attrs]
-        if fresh and any(t.state == TrialState.PRUNED for t in trials):
+        by_number = {t.number: t for t in trials}
+        after_pruned = [n for n in fresh if n - 1 in by_number and by_number[n - 1].state == TrialState.PRUNED
+                        and by_number[n - 1].datetime_complete < by_number[n].datetime_start]
+        if after_pruned:
             _kill_group(proc)
-            return {t.number: t for t in trials if t.state.is_finished()}, fresh[0]
+            return {t.number: t for t in trials if t.state.is_finished()}, after_pruned[0]
     raise AssertionError(f"no moment with a pruned trial and a fresh running one (driver exit code {proc.poll()})")
 
 
@@ -309,8 +399,8 @@ def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp
 
     store = make_synthetic_store(tmp_path / "store", n_items=600, seed=1)
     # one trial at a time (no other trial's checkpoint snapshots the experiment while a new trial starts),
-    # ASHA with a rung after epoch 1, and lr 1e-7 (learns nothing) vs 5e-3: random sampler seed 0 draws
-    # lr 1e-7, 5e-3, 1e-7, ...: trial 2 is below the cutoff of the rung where trial 1 is: PRUNED for sure
+    # ASHA with rungs after epochs 1 and 2, and lr 1e-7 (learns nothing) vs 5e-3: random sampler seed 0
+    # draws lr 1e-7, 5e-3, 1e-7, ...: trials 0 and 2 are below trial 1 at rung 1: PRUNED for sure
     path = _space_file(tmp_path, store, name="resumable", scheduler={"type": "asha", "max_t": 3},
                        space={"optim.lr": {"choice": [5.0e-3, 1.0e-7]}},
                        search={"num_samples": NUM_SAMPLES, "max_concurrent_trials": 1, "sampler": "random",
@@ -328,9 +418,13 @@ def test_killed_driver_resumes_same_experiment_and_study_on_s3(tmp_path, ray_tmp
         create_bucket(endpoint, "e2i-tune")
         proc = _driver(tmp_path, ray_tmp, [str(path), *s3_args, "--no-report"], env)
         finished, orphan = _kill_at_an_orphan(proc, url, "resumable")
-        assert [finished[n].params["optim.lr"] for n in (0, 1, 2)] == [1.0e-7, 5.0e-3, 1.0e-7]  # seed 0's draws
-        assert finished[2].state == TrialState.PRUNED and finished[2].user_attrs["stopped_by"] == "asha"
-        assert orphan == max(finished) + 1 and len(finished) < NUM_SAMPLES
+        # seed 0's draws: lr 1e-7, 5e-3, 1e-7, ...: trial 0 waits alone at rung 1 until trial 1 ranks it
+        # below (PRUNED); trial 1 waits alone at rung 2 (paused: RUNNING in the study) while trial 2 runs
+        # and is stopped at rung 1 (the third result there); trial 3 is the orphan
+        assert [finished[n].params["optim.lr"] for n in (0, 2)] == [1.0e-7, 1.0e-7] and 1 not in finished
+        assert all(finished[n].state == TrialState.PRUNED and finished[n].user_attrs["stopped_by"] == "asha"
+                   for n in (0, 2))
+        assert orphan == 3 and len(finished) < NUM_SAMPLES
 
         resumed = _driver(tmp_path, ray_tmp, [str(path), *s3_args, "--resume"], env)
         _wait(resumed, tmp_path)
