@@ -8,22 +8,25 @@ per metadata file, the resume anti-join per block in tasks, nothing of the corpu
       ─▶ find_duplicates × buckets  an id in two files: the later record is rejected ("duplicate id (first at
                                     a.jsonl:3)"), as the one-process reader does; returns the duplicates only
       ─▶ done_ids (one task)        ids of the store's complete shards, kept in the object store
-      ─▶ part_blocks × files        fixed row ranges of the file's tables (num_blocks(rows, batch size)), minus
-                                    duplicates and ids in complete shards (the anti-join); non-empty blocks
+      ─▶ part_blocks × files        fixed row ranges of the file's tables (block_rows(corpus rows, batch size)
+                                    rows or more each), minus duplicates and ids in complete shards (the
+                                    anti-join); non-empty blocks
       ─▶ the driver: a header per file (counts, rejected rows) and the blocks' refs, as from
          ``e2i.cache.workers.index_blocks`` (the one-task index that single-file corpora use)
 
-Deterministic blocks: a block is a fixed row range of one file (bounds from the file's row count and the
-encoder's batch size, before any filtering), so the same corpus gives the same blocks, hence the same shard
-names (``part-w<sha1 of the ids>``), on a re-run, a retried task, or after a crash; the anti-join only
-removes rows inside a block, and a block whose shard is complete loses all its (stored) rows.
+Deterministic blocks: a block is a fixed row range of one file (bounds from the file's and the corpus's
+row counts and the encoder's batch size, before any filtering), so the same corpus gives the same blocks,
+hence the same shard names (``part-w<sha1 of the ids>``), on a re-run, a retried task, or after a crash;
+the anti-join only removes rows inside a block, and a block whose shard is complete loses all its
+(stored) rows.
 
 Why not ``ray.data.read_json`` or ``Dataset.join(join_type="left_anti")`` (both in Ray 2.60): the first
 has no per-row validation naming file:line, the second hash-shuffles rows into partitions, which are not
 functions of (file, row range), so shard names would change between runs.
 
-Scaling: the driver holds O(files + blocks) refs and O(rejected rows); every read runs where Ray places
-it. The done-id set is one object that each part_blocks task deserialises (O(ids already stored) per task).
+Scaling: the driver holds O(files + blocks) refs and O(rejected rows); a read task holds one file; the
+files' tables and blocks sit in the object store (spilled to disk beyond its size) until embedded. The
+done-id set is one object that each part_blocks task deserialises (O(ids already stored) per task).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from e2i.cache.embed import KEEP, KIND, num_blocks
+from e2i.cache.embed import KEEP, KIND, block_rows
 from e2i.cache.workers import META
 
 MAX_BUCKETS = 16  # duplicate-check tasks; each gets one bucket of every file's ids
@@ -111,13 +114,14 @@ def done_ids(store: str) -> dict[str, set[str]]:
 
 
 def part_blocks(items: pa.Table, captions: pa.Table, drop: list[str], done: Mapping[str, set[str]],
-                batch_sizes: Mapping[str, int]):
+                rows_per_block: Mapping[str, int]):
     """One file's tables -> its blocks (a generator task): yields a header ``{"blocks": {kind: [rows]},
     "rows": {kind: rows after the duplicates}}``, then the items' blocks, then the captions' blocks.
 
-    Blocks are the fixed row ranges of the file (``num_blocks(rows, batch_sizes[kind])`` near-equal
-    slices), minus the records in ``drop`` (duplicates of an earlier file; their captions too) and the
-    ids in ``done`` (the anti-join); empty blocks are not yielded."""
+    Blocks are fixed row ranges of the file (``rows // rows_per_block[kind]`` near-equal slices, at least
+    one: each has at least that many rows unless the file has fewer), minus the records in ``drop``
+    (duplicates of an earlier file; their captions too) and the ids in ``done`` (the anti-join); empty
+    blocks are not yielded."""
     import pyarrow.compute as pc
 
     drop_set = pa.array(drop, pa.string())
@@ -125,7 +129,7 @@ def part_blocks(items: pa.Table, captions: pa.Table, drop: list[str], done: Mapp
     out: dict[str, list[pa.Table]] = {}
     for kind, table in (("items", items), ("captions", captions)):
         n = len(table)
-        k = num_blocks(n, batch_sizes[kind])
+        k = max(1, n // rows_per_block[kind]) if n else 0
         bounds = itertools.pairwise([i * n // k for i in range(k + 1)] if k else [])
         kept = pc.invert(pc.is_in(table[SOURCE], value_set=drop_set))  # (rows,) bool
         header["rows"][kind] = pc.sum(kept).as_py() or 0
@@ -195,9 +199,11 @@ def parallel_index(corpus: Mapping[str, Any], files: list[str], cache_dir: str, 
     drops: dict[int, list[str]] = {}
     for d in dups:
         drops.setdefault(d["part"], []).append(d["source"])
-    sizes = batch_sizes[modalities[0]]
+    # rows per block: the one-task index's rule over the whole corpus (the encoder's batch size, more when a
+    # kind would have over MAX_BLOCKS blocks), from the files' row counts: the same corpus, the same blocks
+    per_block = {k: block_rows(sum(h["rows"][k] for h in heads), batch_sizes[modalities[0]][k]) for k in KEEP}
     blocks = ray.remote(num_cpus=1, max_retries=3)(part_blocks)
-    gens = [blocks.remote(r[1], r[2], drops.get(i, []), done, sizes) for i, r in enumerate(reads)]
+    gens = [blocks.remote(r[1], r[2], drops.get(i, []), done, per_block) for i, r in enumerate(reads)]
     del reads  # the submitted tasks keep their inputs alive; the driver no longer needs them
     refs: dict[str, list] = {"items": [], "captions": []}
     totals = {"items": 0, "captions": 0}

@@ -24,9 +24,11 @@ from e2i import cache
 N_ITEMS, FILES = 24, 4
 
 
-def write_shards(root, out, files: int, copies: int = 1, extra: bool = True, long_captions: int = 0) -> str:
-    """The toy corpus at ``root`` as ``files`` JSONL files ``out/train-000k.jsonl`` (records in turn,
-    ``copies`` records per clip under distinct ids, ``long_captions`` more captions of ~1 KB each); with
+def write_shards(root, out, files: int, copies: int = 1, extra: bool = True, long_captions: int = 0,
+                 clips: int | None = None) -> str:
+    """The toy corpus at ``root`` (its first ``clips``) as ``files`` JSONL files ``out/train-000k.jsonl``
+    (records in turn, ``copies`` records per clip under distinct ids, ``long_captions`` more captions of
+    ~1 KB each); with
     ``extra``: a line that is not JSON (train-0001:3), an id of train-0000 again in train-0003. Metadata
     typed int in three files and float in one. Returns the glob."""
     from e2i.corpus import read_corpus
@@ -34,7 +36,7 @@ def write_shards(root, out, files: int, copies: int = 1, extra: bool = True, lon
     data = read_corpus("clotho", root, split="development")
     out.mkdir(parents=True, exist_ok=True)
     lines: list[list[str]] = [[] for _ in range(files)]
-    records = [(f"{it.item_id}~{c}" if copies > 1 else it.item_id, it) for c in range(copies) for it in data.items]
+    records = [(f"{it.item_id}~{c}" if copies > 1 else it.item_id, it) for c in range(copies) for it in data.items[:clips]]
     for n, (item_id, it) in enumerate(records):
         meta = {"clip": n if n % files != 2 else n + 0.5}  # int64 in three files, float64 in one
         texts = it.captions + [f"{k} {it.captions[0]} " * (1000 // len(it.captions[0])) for k in range(long_captions)]
@@ -129,7 +131,7 @@ def heap_peak(fn, *args, **kwargs) -> int:
 
 
 def test_driver_heap_does_not_grow_with_the_corpus(runs, shards, tmp_path):
-    """1x vs 10x the records (8 files; each clip listed 1x or 10x under distinct ids, with 20 captions of
+    """1x vs 10x the records (4 files; 6 clips listed 1x or 10x under distinct ids, with 100 captions of
     ~1 KB more, default batch sizes): the driver's peak Python heap over a whole parallel-index run stays
     within 1.25x + 1 MiB, while holding the 10x index on the driver (the one-process reader) would grow
     it by more than that. Ray's C++ core is not traced (bench_cache_cluster.py measures RSS). ``runs``:
@@ -139,8 +141,8 @@ def test_driver_heap_does_not_grow_with_the_corpus(runs, shards, tmp_path):
     from e2i.corpus import read_corpus
 
     root = Path(shards).parents[1] / "toy"
-    metas = {c: write_shards(root, tmp_path / f"m{c}" / "meta", 8, copies=c, extra=False, long_captions=20)
-             for c in (1, 10)}
+    metas = {c: write_shards(root, tmp_path / f"m{c}" / "meta", 4, copies=c, extra=False, long_captions=100,
+                             clips=6) for c in (1, 10)}
     runs = {c: heap_peak(cache.cache_corpus, m, cache_dir=tmp_path / f"s{c}", write_on="workers", quiet=True,
                          **LIGHT) for c, m in metas.items()}
     index = {c: heap_peak(read_corpus, "jsonl", m) for c, m in metas.items()}  # the index, held whole
