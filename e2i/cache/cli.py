@@ -74,8 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from e2i.store.mirror import add_mirror_arguments
 
     a = parser.add_argument
-    a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file, image folder; "
-                                        "local or s3://... (AWS_ENDPOINT_URL) or any pyarrow filesystem URI")
+    a("--metadata", required=True, help="corpus: Clotho dir or captions CSV, COCO root, JSON/JSONL file or a glob of "
+                                        "them ('meta/train-*.jsonl': with --write-on workers, one read task per "
+                                        "file), image folder; local or s3://... (AWS_ENDPOINT_URL) or any pyarrow "
+                                        "filesystem URI")
     a("--corpus", choices=("clotho", "coco", "jsonl", "imagefolder"), help="corpus kind (default: inferred)")
     a("--split", help="corpus split, e.g. development / val2017 (default: the reader's)")
     a("--cache-dir", default="stores",

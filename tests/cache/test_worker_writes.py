@@ -232,3 +232,11 @@ def test_readers_list_remote_folders_and_keep_uris(s3, tmp_path):
     assert [it.path for it in records.items] == ["s3://e2i-w/imgs/red/a.png", "s3://e2i-w/imgs/blue/a.png"]
     assert [(r.source, r.reason) for r in records.rejected] == [
         ("metadata.jsonl:3", "image file not found: s3://e2i-w/imgs/green/a.png")]
+    # many metadata files on S3: a glob, listed once, read in name order as one corpus
+    with fs.open_output_stream("e2i-w/meta/train-1.jsonl") as f:
+        f.write(b'{"path": "../imgs/blue/a.png", "caption": "blue"}\n')
+    with fs.open_output_stream("e2i-w/meta/train-0.jsonl") as f:
+        f.write(b'{"path": "../imgs/red/a.png", "caption": "red"}\n')
+    shards = read_corpus("jsonl", "s3://e2i-w/meta/train-*.jsonl")
+    assert (shards.name, shards.split) == ("meta", "train")
+    assert [it.path for it in shards.items] == ["s3://e2i-w/imgs/red/a.png", "s3://e2i-w/imgs/blue/a.png"]
