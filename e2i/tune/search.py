@@ -173,7 +173,7 @@ def _build_tuner(space: TuneSpace, trainable, tune_path: str, fs, budget: TimeBu
         scheduler = RecordingASHA(searcher=searcher, time_attr=STEP_ATTR, metric=objective, mode=space.mode,
                                   max_t=sched.max_t, grace_period=sched.grace_period,
                                   reduction_factor=sched.reduction_factor)
-    callbacks = [tensorboard_logger()]
+    callbacks = [logger for logger in (tensorboard_logger(),) if logger is not None]
     if space.base_config.logging.use_wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -211,6 +211,8 @@ def tensorboard_logger():
         sys.modules["torch"] = None  # tensorboardX's optional `import torch` raises ImportError
         try:
             import tensorboardX  # noqa: F401
+        except ImportError:  # not installed: Tune warns and logs CSV/JSON only, as it would by itself
+            return None
         finally:
             del sys.modules["torch"]
     from ray.tune.logger import TBXLoggerCallback
