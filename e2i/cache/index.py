@@ -7,7 +7,7 @@ per metadata file, the resume anti-join per block in tasks, nothing of the corpu
                                     object store, its ids hash-bucketed for the duplicate check
       ─▶ find_duplicates × buckets  an id in two files: the later record is rejected ("duplicate id (first at
                                     a.jsonl:3)"), as the one-process reader does; returns the duplicates only
-      ─▶ done_ids (one task)        ids of the store's complete shards, kept in the object store
+      ─▶ done_ids (one task)        ids of the complete shards listed at the start, kept in the object store
       ─▶ part_blocks × files        fixed row ranges of the file's tables (block_rows(corpus rows, batch size)
                                     rows or more each), minus duplicates and ids in complete shards (the
                                     anti-join); non-empty blocks
@@ -106,11 +106,13 @@ def find_duplicates(*tables: pa.Table) -> list[dict]:
     return dups
 
 
-def done_ids(store: str) -> dict[str, set[str]]:
-    """{kind: ids in the complete shards of ``store``}: the anti-join's right side, built on a worker."""
+def done_ids(store: str, names: Mapping[str, list[str]]) -> dict[str, set[str]]:
+    """{kind: ids in the complete shards ``names[kind]`` of ``store``}: the anti-join's right side, built on
+    a worker from the driver's listing at the start of the run. A snapshot: if Ray rebuilds this object
+    (lost with its node), it reads the same shards, so the blocks rebuilt from it are the same."""
     from e2i.store.writer import shard_ids
 
-    return {k: shard_ids(store, k) for k in KEEP}
+    return {k: shard_ids(store, k, names[k]) for k in KEEP}
 
 
 def part_blocks(items: pa.Table, captions: pa.Table, drop: list[str], done: Mapping[str, set[str]],
@@ -192,7 +194,10 @@ def parallel_index(corpus: Mapping[str, Any], files: list[str], cache_dir: str, 
     # [2] ids in two files (bucket by bucket), the done ids: both stay on the workers
     check = ray.remote(num_cpus=1, max_retries=3)(find_duplicates)
     dups = [d for part in ray.get([check.remote(*[r[3 + b] for r in reads]) for b in range(buckets)]) for d in part]
-    done = ray.remote(num_cpus=1, max_retries=3)(done_ids).remote(store)
+    from e2i.store.writer import shard_names
+
+    listing = {k: shard_names(store, k) for k in KEEP}  # O(shards) names on the driver, not ids
+    done = ray.remote(num_cpus=1, max_retries=3)(done_ids).remote(store, listing)
     head["rejected"] = drop_duplicates(heads, dups)
     head["meta_schema"] = meta_schema([h["meta_types"] for h in heads])
     # [3] each file's blocks: fixed row ranges minus duplicates and done ids; items' refs, then captions'

@@ -337,15 +337,21 @@ def write_shard_file(fs: pafs.FileSystem, root: str, kind: str, table: pa.Table,
             "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
 
 
-def shard_ids(path: str | os.PathLike, kind: str) -> set[str]:
-    """Ids (item_id / caption_id) in the complete shards of ``kind`` of the split at ``path``: the id
-    column of each shard only, nothing hashed, nothing created or removed."""
+def shard_names(path: str | os.PathLike, kind: str) -> list[str]:
+    """File names of the complete shards of ``kind`` of the split at ``path`` (one listing), sorted."""
+    fs, root = open_fs(path)
+    return sorted(f.base_name for f in list_files(fs, join(root, kind)) if is_shard_name(f.base_name))
+
+
+def shard_ids(path: str | os.PathLike, kind: str, names: Iterable[str] | None = None) -> set[str]:
+    """Ids (item_id / caption_id) in the complete shards of ``kind`` of the split at ``path`` (or in the
+    shards ``names`` of it, a snapshot: complete shards never change): the id column of each shard only,
+    nothing hashed, nothing created or removed."""
     fs, root = open_fs(path)
     ids: set[str] = set()
-    for f in list_files(fs, join(root, kind)):
-        if is_shard_name(f.base_name):
-            col = pq.read_table(f.path, filesystem=fs, columns=[ID_COLUMN[kind]]).column(0)
-            ids.update(as_string(col, ID_COLUMN[kind], shown_path(os.fspath(path), f"{kind}/{f.base_name}")).to_pylist())
+    for name in shard_names(path, kind) if names is None else names:
+        col = pq.read_table(join(root, kind, name), filesystem=fs, columns=[ID_COLUMN[kind]]).column(0)
+        ids.update(as_string(col, ID_COLUMN[kind], shown_path(os.fspath(path), f"{kind}/{name}")).to_pylist())
     return ids
 
 
