@@ -8,7 +8,7 @@ full trial and two concurrent trials (one per core):
 
 - **ASHA + Optuna**: TPE sampler, ASHA with grace period 1, reduction factor 3 (rungs at 1, 3, 9
   epochs; a rung promotes the top third of its results and holds the first two arrivals paused until
-  it has three, ``e2i.tune.optuna_search.rung_verdict``; ASHA-stopped trials are PRUNED in Optuna);
+  it has three, ``e2i.tune.asha.rung_verdict``; ASHA-stopped trials are PRUNED in Optuna);
 - **FIFO random**: Optuna's random sampler, every trial runs ``max_t`` epochs.
 
 Each pair of searches runs for two sampler seeds (0 and 1): ASHA is asynchronous, so which trials

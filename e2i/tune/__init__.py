@@ -3,7 +3,8 @@
     grammar.py        the `space:` section: Param / Condition / Block, parsed with field paths
     space.py          the space file: TuneSpace, its sections, load_space (+ sampled configs checked)
     optuna_search.py  E2IOptunaSearch (PRUNED for ASHA-stopped trials, study repair on resume),
-                      RecordingASHA, SkipFinishedStopper
+                      SkipFinishedStopper
+    asha.py           RecordingASHA: rungs that wait for reduction_factor results (rung_verdict)
     trial.py          one trial: TrialSetup, the function trainable trial_main, multi-worker trials
     search.py         the driver: tune_space / run_search, storage checks, best_config.yaml
     report.py         `e2i report`: leaderboard and plots of an experiment
@@ -25,7 +26,7 @@ from e2i.tune.space import TuneSpace, check_sampled_configs, load_space, space_f
 
 _LAZY = {  # name -> module: these import ray.tune and optuna (report: matplotlib)
     "E2IOptunaSearch": "e2i.tune.optuna_search",
-    "RecordingASHA": "e2i.tune.optuna_search",
+    "RecordingASHA": "e2i.tune.asha",
     "export_best_config": "e2i.tune.search",
     "finish_search": "e2i.tune.search",
     "run_search": "e2i.tune.search",

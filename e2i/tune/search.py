@@ -53,10 +53,10 @@ import optuna
 
 from e2i.config import save_train_config
 from e2i.errors import E2IError
+from e2i.tune.asha import RecordingASHA
 from e2i.tune.optuna_search import (
     STEP_ATTR,
     E2IOptunaSearch,
-    RecordingASHA,
     SkipFinishedStopper,
     make_sampler,
     make_storage,

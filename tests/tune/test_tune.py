@@ -24,13 +24,12 @@ from study_db import study_ready
 from e2i.config import load_train_config
 from e2i.errors import E2IError
 from e2i.store.synthetic import make_synthetic_store
+from e2i.tune.asha import RecordingASHA, rung_verdict
 from e2i.tune.optuna_search import (
     FAIL_REASON,
     FAIL_REASON_ORPHAN,
     TRIAL_KEY,
     E2IOptunaSearch,
-    RecordingASHA,
-    rung_verdict,
 )
 from e2i.tune.search import tune_space
 from e2i.tune.space import load_space
