@@ -218,6 +218,13 @@ def num_blocks(n: int, batch_size: int) -> int:
     return max(1, n // block_rows(n, batch_size)) if n else 0
 
 
+def block_bounds(n: int, per_block: int) -> list[tuple[int, int]]:
+    """``[(lo, hi)]`` of ``max(1, n // per_block)`` near-equal consecutive slices of ``n`` rows (none when
+    ``n`` is 0): every slice has at least ``per_block`` rows (fewer only when ``n`` is) and less than twice."""
+    k = max(1, n // per_block) if n else 0
+    return list(itertools.pairwise([i * n // k for i in range(k + 1)] if k else []))
+
+
 def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int]) -> list[dict[str, Any]]:
     """The rows to embed as block specs, kind by kind in ``work``'s order (items first): :func:`num_blocks`
     specs per kind of near-equal size, each ``{KIND: kind, column: [values]}`` for every column of
@@ -225,9 +232,7 @@ def input_blocks(work: Mapping[str, list[dict]], batch_sizes: Mapping[str, int])
     :func:`expand_block` turns it into the block's rows in the decode task."""
     specs = []
     for kind, rows in work.items():
-        k = num_blocks(len(rows), batch_sizes[kind])
-        bounds = [i * len(rows) // k for i in range(k + 1)] if k else []  # k near-equal slices
-        for lo, hi in itertools.pairwise(bounds):
+        for lo, hi in block_bounds(len(rows), block_rows(len(rows), batch_sizes[kind])):
             part = rows[lo:hi]
             specs.append({KIND: kind, **{c: [str(r[c]) for r in part] if c in KEEP[kind] else []
                                          for c in SPEC_COLUMNS}})

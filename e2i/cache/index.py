@@ -31,7 +31,6 @@ done-id set is one object that each part_blocks task deserialises (O(ids already
 
 from __future__ import annotations
 
-import itertools
 import json
 import zlib
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from e2i.cache.embed import KEEP, KIND, block_rows
+from e2i.cache.embed import KEEP, KIND, block_bounds, block_rows
 from e2i.cache.workers import META
 
 MAX_BUCKETS = 16  # duplicate-check tasks; each gets one bucket of every file's ids
@@ -131,8 +130,7 @@ def part_blocks(items: pa.Table, captions: pa.Table, drop: list[str], done: Mapp
     out: dict[str, list[pa.Table]] = {}
     for kind, table in (("items", items), ("captions", captions)):
         n = len(table)
-        k = max(1, n // rows_per_block[kind]) if n else 0
-        bounds = itertools.pairwise([i * n // k for i in range(k + 1)] if k else [])
+        bounds = block_bounds(n, rows_per_block[kind])
         kept = pc.invert(pc.is_in(table[SOURCE], value_set=drop_set))  # (rows,) bool
         header["rows"][kind] = pc.sum(kept).as_py() or 0
         id_col = "item_id" if kind == "items" else "caption_id"

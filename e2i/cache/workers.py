@@ -26,7 +26,6 @@ records the node that wrote it (parquet metadata ``e2i.node`` and the manifest's
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import time
@@ -44,6 +43,7 @@ from e2i.cache.embed import (
     KEEP,
     KIND,
     EmbedBatch,
+    block_bounds,
     block_rows,
     embed_dataset,
     execution_limits,
@@ -102,9 +102,7 @@ def index_blocks(corpus: Mapping[str, Any], cache_dir: str, dataset: str | None,
     bounds = {}
     for kind, table in tables.items():
         n = len(table)
-        step = block_rows(n, batch_sizes[modalities[0]][kind])
-        k = max(1, n // step) if n else 0  # near-equal blocks of >= step rows, as e2i.cache.embed.input_blocks
-        bounds[kind] = list(itertools.pairwise([i * n // k for i in range(k + 1)] if k else []))
+        bounds[kind] = block_bounds(n, block_rows(n, batch_sizes[modalities[0]][kind]))  # as input_blocks
         head["blocks"][kind] = [hi - lo for lo, hi in bounds[kind]]
         head.setdefault("skipped", {})[kind] = head["total"][kind] - n
     yield head

@@ -162,13 +162,14 @@ def val_metric_name(key: str) -> str:
 
 @torch.no_grad()
 def validate(model, loss_fn, data, batch_size: int, bias_used: bool, per_query: bool = False):
-    """Retrieval metrics (no CIs) and the mean loss over fixed batches of the val split (``data``: a
-    SplitTensors, or a DiskSplit read in chunks); with ``per_query``, ``(metrics, per-query values)``
-    (``retrieval_metrics(per_query=True)``'s)."""
+    """(metrics, per-query values): retrieval metrics (no CIs) and the mean loss over fixed batches of the
+    val split (``data``: a SplitTensors, or a DiskSplit read in chunks); the per-query values
+    (``retrieval_metrics(per_query=True)``'s) only with ``per_query``, else None."""
     from e2i.evaluate.metrics import retrieval_metrics
 
     item_z, cap_z = data.embed(model)
-    raw, pq = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False, per_query=True)
+    raw = retrieval_metrics(item_z.cpu(), cap_z.cpu(), data.caption_item.cpu(), ci=False, per_query=per_query)
+    raw, pq = raw if per_query else (raw, None)
     out = {val_metric_name(k): float(v) for k, v in raw.items() if not k.endswith(("/ci95", "/num_queries"))}
     order = torch.randperm(data.num_captions, generator=torch.Generator().manual_seed(0)).to(cap_z.device)
     n_batches, size = global_batches(data.num_captions, batch_size, 1)
@@ -182,7 +183,7 @@ def validate(model, loss_fn, data, batch_size: int, bias_used: bool, per_query: 
             )
         )
     out["val/loss"] = float(np.mean(losses))
-    return (out, pq) if per_query else out
+    return out, pq
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -300,7 +301,9 @@ def run_training(
                     model=model,
                 )
         seconds = time.perf_counter() - start
-        val_metrics, val_pq = validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used, True)
+        # per-query values only when a warm-start baseline needs the paired comparison (beats_baseline)
+        val_metrics, val_pq = validate(model, val_loss_fn, val, cfg.optim.batch_size, bias_used,
+                                       per_query=initial is not None)
         metrics = {
             "epoch": epoch + 1,
             "step": progress["step"],

@@ -118,12 +118,18 @@ def caption_dataset(path: str, seed: int, columns: list[str] | None = None):
     the source of Ray Train workers (``streaming_split``) and of a GPU loop in this process."""
     import ray.data
 
-    groups = row_groups(path)
-    if not groups:
-        raise StoreError(f"{path}: no caption rows to train on")
+    groups = caption_groups(path)
     seed_cfg = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
     return _read_groups(ray.data.from_items(groups, override_num_blocks=len(groups))
                         .randomize_block_order(seed=seed_cfg), columns)
+
+
+def caption_groups(path: str) -> list[dict]:
+    """The split's caption row groups ([{uri, group, rows}]); StoreError when there are none."""
+    groups = row_groups(path)
+    if not groups:
+        raise StoreError(f"{path}: no caption rows to train on")
+    return groups
 
 
 def _read_groups(listing, columns: list[str] | None):
@@ -154,9 +160,7 @@ class PassReads:
 
     def __init__(self, path: str, seed: int, columns: list[str] | None = None) -> None:
         self.path, self.seed, self.columns = path, seed, columns
-        self.groups = row_groups(path)
-        if not self.groups:
-            raise StoreError(f"{path}: no caption rows to train on")
+        self.groups = caption_groups(path)
 
     def chunks(self, p: int, rows: int) -> list[list[dict]]:
         """Pass ``p``'s row groups, permuted (seeded by pass), in consecutive chunks of >= ``rows`` rows."""
