@@ -178,6 +178,17 @@ class RayHead:
         return [("add" if verb == "Adding" else "remove", kind, int(n))
                 for verb, n, kind in _EVENT.findall(self.monitor_log())]
 
+    def set_idle_timeout(self, minutes: float) -> None:
+        """Change the running autoscaler's `idle_timeout_minutes`: the monitor re-reads its config file at
+        every update (StandardAutoscaler.update -> reset), so the new value applies within a tick. Written
+        to a temp file and renamed over the config, so the monitor never reads half a file."""
+        path = Path(self.temp_dir) / "autoscaling.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["idle_timeout_minutes"] = minutes
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(cfg))
+        tmp.replace(path)
+
     def run(self, args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
         """A CLI command (e.g. `[RAY_BIN, "status", ...]`) with this head's environment."""
         return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,

@@ -15,7 +15,7 @@ commands then run against it as drivers, as a user runs them on the head (`RAY_A
 
 Torch has no CUDA here, so both commands must fall back to CPU while Ray still schedules (fake) GPUs:
 the cache actors embed every row on CPU, the fine-tune workers train on CPU with gloo. When the
-commands are done the idle workers are terminated after the idle timeout. The checks read the
+commands are done the idle workers are terminated after the idle timeout (lowered to 3 s then). The checks read the
 autoscaler's own decisions ("Adding 2 node(s) of type gpu_1x", "Removing ... (idle)") from its log and
 where every actor and bundle ran from Ray's state API (`ray list actors/nodes/placement-groups`).
 """
@@ -141,7 +141,10 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         assert sorted((w["placement_group_id"], w["node_id"]) for w in workers) == \
             [(gangs[0]["placement_group_id"], bundles[0]["node_id"])] * 4, workers
 
-        # The commands are done: every worker is idle and is terminated after the idle timeout.
+        # The commands are done: every worker is idle and is terminated after the idle timeout. The 30 s
+        # were for the gap between the two commands; from here 3 s will do (the running autoscaler re-reads
+        # its config file), so the test does not sit out half a minute of idleness.
+        head.set_idle_timeout(0.05)
         wait_for(lambda: node_types(head) == {HEAD: 1}, timeout=180, interval=2,
                  what="idle worker nodes to be terminated")
         events = head.autoscaler_events()
