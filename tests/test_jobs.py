@@ -1,4 +1,5 @@
-"""`ray job submit` on a real local head: the demo pipeline as a job, and the head's secure defaults.
+"""`ray job submit` on a real local head: the demo pipeline as a job, the whole chain with relative paths as
+a job, and the head's secure defaults.
 
 One head for the module (`ray start --head --block`, dashboard/job API on 127.0.0.1, token auth from
 the environment, its own temp dir and free ports; see tests/fake_cluster.py), stopped at the end by
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_cluster import RAY_BIN, RayHead, dashboard_json, ray_head
+from test_relative_paths import LIGHT, SPLIT_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fake secrets in the head's environment (a job inherits it): none may end up in outputs or job logs.
@@ -160,3 +162,39 @@ def test_demo_pipeline_as_a_job(head, tmp_path):
         assert value not in logs + job_logs, f"{name} leaked into the job logs"
         leaked = [p for p in out.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
         assert not leaked, f"{name} leaked into {leaked}"
+
+
+JOB_CHAIN = " && ".join([
+    "python jobs/toy.py --root data/toy --n-items 40",
+    "python jobs/cache.py --metadata data/toy --cache-dir stores --dataset jobtoy " + " ".join(LIGHT),
+    f"python jobs/split.py stores/jobtoy/development --out stores/jobtoy --spec {SPLIT_SPEC}",
+    ("python jobs/train.py configs/clip.yaml --set data.store=stores/jobtoy --set name=jobclip "
+    "--set optim.epochs=2 --no-evaluate"),
+    "python jobs/evaluate.py results/jobclip --no-plots",
+    ("python jobs/tune.py tune_spaces/clip.yaml --set base.data.store=stores/jobtoy --num-samples 2 "
+    "--max-t 2 --max-concurrent-trials 1 --no-report"),
+    "python jobs/report.py results/clip",
+])
+
+
+def test_relative_chain_as_a_ray_job_resolves_in_the_uploaded_working_dir(head):
+    """Every stage of the chain as `python jobs/<stage>.py` with relative paths, in one job (see
+    tests/test_relative_paths.py for the same chain as local commands): the job's driver runs in the
+    uploaded copy of the repo, so its relative paths resolve there, also inside Ray Train and Tune."""
+    sid, res = submit(head, ["bash", "-c", JOB_CHAIN], timeout=1200)
+    logs = res.stdout + res.stderr
+    assert res.returncode == 0, logs[-4000:]
+    assert job_status(head, sid) == "SUCCEEDED"
+    # The train stage names its run dir: it lies in the job's uploaded working dir, not in Ray
+    # Train's artifacts dir and not in the repo the job was submitted from.
+    match = re.search(r"\[jobclip\] done: 2 epochs.* -> (\S+/results/jobclip)", logs)
+    assert match, logs[-4000:]
+    run_dir = Path(match.group(1))
+    assert not run_dir.is_relative_to(ROOT) and "artifacts" not in run_dir.parts
+    workdir = run_dir.parents[1]
+    assert (workdir / "jobs" / "train.py").is_file()  # the uploaded copy of the repo
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["store"] == str(workdir / "stores" / "jobtoy")
+    assert (run_dir / "evaluation_results" / "test_metrics.json").is_file()
+    assert (workdir / "results" / "clip" / "best_config.yaml").is_file()
+    assert (workdir / "results" / "clip" / "report" / "leaderboard.csv").is_file()

@@ -1,4 +1,4 @@
-"""Relative paths as users type them: the whole chain from a fresh working directory, and as Ray jobs.
+"""Relative paths as users type them: the whole chain from a fresh working directory.
 
 Ray Train starts workers in Ray's session artifacts and Tune starts trials in their trial dirs, so a
 relative path that reaches a worker resolves elsewhere (issue: `make demo` failed at "train a head"
@@ -8,23 +8,20 @@ with `stores/toy/train: no such store split directory`). Here every path is rela
    (`e2i toy → cache → split → train → tune (2 trials) → evaluate → report`), connected to the
    suite's Ray (RAY_ADDRESS), whose workers run in other directories; then the saved
    `best_config.yaml` retrained from *another* directory;
-2. the same chain as one `ray job submit --working-dir .` job of `python jobs/<stage>.py ...`
-   commands on a real local head: the job's driver runs in the uploaded copy of the repo.
+2. the same chain as one `ray job submit --working-dir .` job: in tests/test_jobs.py
+   (test_relative_chain_as_a_ray_job_resolves_in_the_uploaded_working_dir), on that module's head.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from fake_cluster import ray_head
-from test_jobs import job_status, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -101,37 +98,3 @@ def test_whole_chain_with_relative_paths_from_a_fresh_directory(tmp_path, user_e
     out = e2i(elsewhere, "train", str(exp / "best_config.yaml"), "--no-evaluate", env=user_env)
     assert (work / "results" / "space-best" / "best_model.safetensors").is_file(), out
     assert not (elsewhere / "results").exists()
-
-
-JOB_CHAIN = " && ".join([
-    "python jobs/toy.py --root data/toy --n-items 40",
-    "python jobs/cache.py --metadata data/toy --cache-dir stores --dataset jobtoy " + " ".join(LIGHT),
-    f"python jobs/split.py stores/jobtoy/development --out stores/jobtoy --spec {SPLIT_SPEC}",
-    "python jobs/train.py configs/clip.yaml --set data.store=stores/jobtoy --set name=jobclip "
-    "--set optim.epochs=2 --no-evaluate",
-    "python jobs/evaluate.py results/jobclip --no-plots",
-    "python jobs/tune.py tune_spaces/clip.yaml --set base.data.store=stores/jobtoy --num-samples 2 "
-    "--max-t 2 --max-concurrent-trials 1 --no-report",
-    "python jobs/report.py results/clip",
-])
-
-
-def test_relative_chain_as_a_ray_job_resolves_in_the_uploaded_working_dir():
-    with ray_head(num_cpus=2) as head:
-        sid, res = submit(head, ["bash", "-c", JOB_CHAIN], timeout=1200)
-        logs = res.stdout + res.stderr
-        assert res.returncode == 0, logs[-4000:]
-        assert job_status(head, sid) == "SUCCEEDED"
-        # The train stage names its run dir: it lies in the job's uploaded working dir, not in Ray
-        # Train's artifacts dir and not in the repo the job was submitted from.
-        match = re.search(r"\[jobclip\] done: 2 epochs.* -> (\S+/results/jobclip)", logs)
-        assert match, logs[-4000:]
-        run_dir = Path(match.group(1))
-        assert not run_dir.is_relative_to(ROOT) and "artifacts" not in run_dir.parts
-        workdir = run_dir.parents[1]
-        assert (workdir / "jobs" / "train.py").is_file()  # the uploaded copy of the repo
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert saved["data"]["store"] == str(workdir / "stores" / "jobtoy")
-        assert (run_dir / "evaluation_results" / "test_metrics.json").is_file()
-        assert (workdir / "results" / "clip" / "best_config.yaml").is_file()
-        assert (workdir / "results" / "clip" / "report" / "leaderboard.csv").is_file()
