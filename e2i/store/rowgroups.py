@@ -122,11 +122,19 @@ def embedding_blocks(path: str, kind: str, dim: int, rows: int) -> Iterator[np.n
         yield block[:filled]
 
 
-def _ids_from(fs, full: str, shown: str, kind: str, first: int):
-    """``ids_of()`` for :func:`e2i.store.pages.embedding_rows`: the shard's ids from row ``first`` on,
-    read only when an error message needs one."""
+def _ids_from(fs, full: str, shown: str, kind: str, first: int, group: int | None = None):
+    """``ids_of()`` for :func:`e2i.store.pages.embedding_rows`: the shard's (or its row group ``group``'s)
+    ids from row ``first`` on, read only when an error message needs one."""
     col = ID_COLUMN[kind]
-    return lambda: as_string(_read_columns(fs, full, shown, [col]).column(0), col, shown).to_numpy()[first:]
+
+    def ids():
+        if group is None:
+            table = _read_columns(fs, full, shown, [col])
+        else:
+            with fs.open_input_file(full) as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=[col])
+        return as_string(table.column(0), col, shown).to_numpy()[first:]
+    return ids
 
 
 def quiet_ray_data_logs() -> None:
@@ -137,21 +145,42 @@ def quiet_ray_data_logs() -> None:
 
 
 class RowGroupReader:
-    """``reader(batch)``: the row groups listed in ``batch`` (columns ``uri``, ``group``) as one table."""
+    """``reader(batch)``: the row groups listed in ``batch`` (columns ``uri``, ``group``) as one table;
+    ``reader.read(uri, group)``: one row group.
 
-    def __init__(self, columns: list[str]) -> None:
-        self.columns = list(columns)
+    The embedding column comes through the fast page copy (:func:`e2i.store.pages.embedding_rows`,
+    checked finite; pyarrow decodes it when the pages are not plain float32) into one (n, D) array that
+    the table's fixed_size_list column wraps without a copy; the other columns are read by pyarrow.
+    pyarrow's own decoding of the list column costs ~4x more CPU (a level per float).
+    """
+
+    def __init__(self, columns: list[str], kind: str = "captions") -> None:
+        self.columns, self.kind = list(columns), kind
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        parts = []
-        for uri, group in zip(batch.column("uri").to_pylist(), batch.column("group").to_pylist()):
-            fs, full = open_fs(uri)
-            try:
-                with fs.open_input_file(full) as f:
-                    parts.append(pq.ParquetFile(f).read_row_group(group, columns=self.columns))
-            except (OSError, pa.ArrowException) as e:
-                raise StoreError(f"{uri}: cannot read row group {group} ({str(e).splitlines()[0]})") from None
-        return pa.concat_tables(parts)
+        return pa.concat_tables([self.read(uri, group) for uri, group in
+                                 zip(batch.column("uri").to_pylist(), batch.column("group").to_pylist())])
+
+    def read(self, uri: str, group: int) -> pa.Table:
+        fs, full = open_fs(uri)
+        others = [c for c in self.columns if c != "embedding"]
+        try:
+            with fs.open_input_file(full) as f:
+                pf = pq.ParquetFile(f)
+                table = pf.read_row_group(group, columns=others)
+                dim = embedding_dim_from_type(pf.schema_arrow.field("embedding").type) \
+                    if "embedding" in self.columns else None
+                if "embedding" in self.columns and dim is None:  # variable lists: pyarrow decodes them
+                    table = pf.read_row_group(group, columns=self.columns)
+        except (OSError, pa.ArrowException, KeyError) as e:
+            raise StoreError(f"{uri}: cannot read row group {group} ({str(e).splitlines()[0]})") from None
+        if dim is None:
+            return table
+        out = np.empty((pf.metadata.row_group(group).num_rows, dim), np.float32)  # (n, D)
+        embedding_rows(fs, full, uri, pf.metadata, out, _ids_from(fs, full, uri, self.kind, 0, group),
+                       range(group, group + 1))
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim)  # wraps `out`, no copy
+        return table.append_column("embedding", emb).select(self.columns)
 
     def __setstate__(self, state: dict) -> None:  # unpickled in a Ray process: keep its console quiet
         self.__dict__.update(state)

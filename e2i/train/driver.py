@@ -249,8 +249,9 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     Checkpoints go straight to ``<run_dir>/checkpoints/checkpoint_epochNNNN`` (the best and the latest
     are kept). ``scaling.max_failures`` as in Ray Train: after an exception in the loop (not an
     E2IError, which is the user's to fix, nor Ctrl-C) the loop restarts from the latest checkpoint, up
-    to max_failures times. A streamed train split (:func:`e2i.train.stream.plan_data`) reads its
-    captions with Ray Data tasks (a local Ray is started if none runs); the loop stays in this process.
+    to max_failures times. A streamed train split (:func:`e2i.train.stream.plan_data`) is read by this
+    process chunk by chunk on CPU (:class:`e2i.train.stream.PassReads`), by Ray Data tasks reading
+    ahead on a GPU (a local Ray is started if none runs); the loop stays in this process.
     """
     run_dir = prepare_run_dir(cfg, resume=resume)
     plan = plan_data(cfg)
@@ -259,12 +260,15 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     (run_dir / CHECKPOINTS / RAY_SNAPSHOT).unlink(missing_ok=True)
     logger = EpochLogger(cfg, run_dir, enabled=True)
     logger.say("1 worker on cpu, in this process (no Ray Train; scaling.trainer: ray to use one)")
-    logger.say(plan.line())
+    on_cpu = pick_device(cfg).type == "cpu"
+    logger.say(plan.line("from disk by this process, chunk by chunk" if on_cpu else "with Ray Data, reading ahead"))
     stream = None
     if plan.streaming:
-        ensure_ray()  # on CPU the pass is read in bursts between cuts (PassReads), on a GPU ahead of it
-        on_cpu = pick_device(cfg).type == "cpu"
-        stream = (PassReads if on_cpu else caption_dataset)(train_split_path(cfg), cfg.seed)
+        if on_cpu:  # read here, chunk by chunk between cuts (no Ray needed)
+            stream = PassReads(train_split_path(cfg), cfg.seed)
+        else:  # Ray Data tasks read ahead on the CPUs while the GPU computes
+            ensure_ray()
+            stream = caption_dataset(train_split_path(cfg), cfg.seed)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)

@@ -1,4 +1,4 @@
-"""Training from train splits larger than memory: the caption rows streamed with Ray Data.
+"""Training from train splits larger than memory: the caption rows streamed (Ray Data, or read here).
 
 Which path (:func:`plan_data`, on the driver, once per run, so every worker takes the same one):
 ``data.streaming.mode: auto`` (default) estimates the train split from its manifest (counts x dims x 4
@@ -15,19 +15,22 @@ in chunks from disk every epoch: :func:`e2i.evaluate.chunked.val_split`). A capt
 memory: captions of one item in a batch are positives of each other (multi-positive). If the items
 alone exceed the budget they are still loaded (the plan says so; streaming items is not done).
 
-The stream (:func:`caption_dataset`): the manifest's caption shards' row groups (~32 MiB each), one
-Ray Data block each, in a seeded order that changes every pass (``randomize_block_order`` on the
-row-group list, which is tiny), read by Ray Data tasks (``map_batches``, 0 CPUs reserved, at most
-``READ_TASKS`` at once, so they never wait for CPUs that the train workers hold) -> per-worker shards
-(Ray Train's ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself for a
-GPU loop in this process; a CPU loop in this process reads each pass in bursts of one pool,
-:class:`PassReads`, so that nothing reads while torch's threads compute) -> whole blocks into a
-shuffle pool of ``data.streaming.shuffle_rows`` rows (:meth:`CaptionStream.pass_batches`, seeded per
-pass) -> batches of ``batch_size / world`` rows. Each pass gives every caption once (the shards of a
-pass are disjoint; ``equal=True`` drops fewer than ``world`` rows, then the incomplete last batch is
-dropped as in memory), and the micro-batch ``g`` of the run is batch ``g % n`` of pass ``g // n`` with
-the same ``n = global_batches(...)`` as in memory, so epochs, steps and resume line up. Row order
-within a pass is bit-reproducible on the burst path only (elsewhere blocks arrive as read tasks finish).
+The stream: the manifest's caption shards' row groups (~32 MiB each), in a seeded order that changes
+every pass, read with the fast page copy (:class:`e2i.store.rowgroups.RowGroupReader`):
+- a CPU loop in this process (1 worker, the default trainer) reads them itself, chunk by chunk
+  (:class:`PassReads`): a Ray Data execution per chunk cost ~15x the read (measured, see there);
+- Ray Train workers and a GPU loop in this process take the Ray Data ``Dataset`` of
+  :func:`caption_dataset`: one block per row group (``randomize_block_order`` on the row-group list,
+  which is tiny), read by tasks (``map_batches``, 0 CPUs reserved, at most ``READ_TASKS`` at once, so
+  they never wait for CPUs that the train workers hold) -> per-worker shards (Ray Train's
+  ``streaming_split(equal=True)`` through ``get_dataset_shard``; the Dataset itself for a GPU loop).
+Then whole blocks go into a shuffle pool of ``data.streaming.shuffle_rows`` rows
+(:meth:`CaptionStream.pass_batches`, seeded per pass) -> batches of ``batch_size / world`` rows. Each
+pass gives every caption once (the shards of a pass are disjoint; ``equal=True`` drops fewer than
+``world`` rows, then the incomplete last batch is dropped as in memory), and the micro-batch ``g`` of
+the run is batch ``g % n`` of pass ``g // n`` with the same ``n = global_batches(...)`` as in memory, so
+epochs, steps and resume line up. Row order within a pass is bit-reproducible on the chunked path only
+(elsewhere blocks arrive as read tasks finish).
 
 ``read_parquet`` was measured and not used here: its ListFiles task costs ~1.5 s per pass (Ray 2.60)
 and it would list the directory instead of the manifest's committed shards. No ray at import.
@@ -75,11 +78,11 @@ class DataPlan:
     def record(self) -> dict:
         return asdict(self)
 
-    def line(self) -> str:
-        """The console line of the run."""
+    def line(self, reader: str = "with Ray Data") -> str:
+        """The console line of the run; ``reader``: how the stream is read."""
         if not self.streaming:
             return f"train split in memory ({self.reason})"
-        line = (f"train captions streamed with Ray Data, items in memory ({self.reason}; items "
+        line = (f"train captions streamed {reader}, items in memory ({self.reason}; items "
                 f"{self.items_gb:.3g} GB, captions {self.captions_gb:.3g} GB)")
         if self.items_gb > self.budget_gb:
             line += "; the items alone exceed the budget and are loaded anyway (items are not streamed)"
@@ -145,22 +148,24 @@ def _read_groups(listing, columns: list[str] | None):
 
 
 class PassReads:
-    """The source of a CPU loop in this process: each pass's row groups read pool by pool, in bursts.
+    """The source of a CPU loop in this process: each pass's row groups read by this process, in chunks.
 
-    On CPU, torch's intra-op threads use every core; a read task running beside them costs about twice
-    its CPU time (one thread is preempted, the other waits for it at the op's barrier). So here a pass's
-    row groups (in a seeded order per pass) are cut into chunks of >= ``rows`` rows and each chunk is
-    read whole by one Ray Data execution (its read tasks in parallel) before the loop trains on it:
-    nothing reads while torch computes. Measured on 2 cores (BENCHMARKS.md): 70,000 x 512-d captions
-    read concurrently cost ~1.4 s per 3.8 s pass; read in bursts, ~0.3 s. Memory: one chunk
-    (``shuffle_rows`` + up to one row group). Blocks come in chunk order (``preserve_order``), so a
-    pass is reproducible. On a GPU (or in Ray Train workers) the Dataset of :func:`caption_dataset`
-    reads ahead instead: there the reads have CPUs of their own.
+    On CPU, torch's intra-op threads use every core; a read running beside them costs about twice its
+    CPU time (one thread is preempted, the other waits for it at the op's barrier), and a Ray Data
+    execution costs far more than the read itself here: measured on 2 cores, one pass of 70,000 x
+    512-d captions (7 row groups) took 0.58-0.84 s wall (1.2-1.7 CPU-s) as Ray Data executions of
+    read tasks, 0.04 s read here with the fast page copy (:class:`RowGroupReader`). So a pass's row
+    groups (in a seeded order per pass) are cut into chunks of >= ``rows`` rows and each chunk is read
+    whole, in order, before the loop trains on it: nothing reads while torch computes, a pass is
+    reproducible, memory is one chunk (``shuffle_rows`` + up to one row group). Ray Data is where it
+    brings something: per-worker shards of Ray Train workers (``streaming_split``), and reading ahead
+    on CPUs of their own while a GPU computes (:func:`caption_dataset`).
     """
 
     def __init__(self, path: str, seed: int, columns: list[str] | None = None) -> None:
-        self.path, self.seed, self.columns = path, seed, columns
+        self.path, self.seed = path, seed
         self.groups = caption_groups(path)
+        self.reader = RowGroupReader(columns or COLUMNS)
 
     def chunks(self, p: int, rows: int) -> list[list[dict]]:
         """Pass ``p``'s row groups, permuted (seeded by pass), in consecutive chunks of >= ``rows`` rows."""
@@ -174,12 +179,8 @@ class PassReads:
         return chunks + [chunk] if chunk else chunks
 
     def read(self, chunk: list[dict]) -> list[pa.Table]:
-        """One chunk's row groups, read whole (one Ray Data execution), in chunk order."""
-        import ray.data
-
-        ds = _read_groups(ray.data.from_items(chunk, override_num_blocks=len(chunk)), self.columns)
-        ds.context.execution_options.preserve_order = True
-        return list(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+        """One chunk's row groups, read whole, in chunk order."""
+        return [self.reader.read(g["uri"], g["group"]) for g in chunk]
 
 
 def ensure_ray() -> None:
@@ -239,8 +240,8 @@ class CaptionStream:
         """The batches of ``local`` rows of pass ``p``: {"row": item rows (B,), "embedding": (B, Dc), and the
         source's other columns (B,)}.
 
-        A block-level shuffle pool: whole blocks come from Ray Data (one row group each, in the pass's
-        seeded order; from :class:`PassReads` a chunk of them at a time) and each is converted once
+        A block-level shuffle pool: whole blocks (one row group each, in the pass's seeded order) come
+        from Ray Data, or from :class:`PassReads` a chunk of them at a time, and each is converted once
         (:meth:`block_columns`: item-id lookup, finite check); once the pool holds ``shuffle_rows`` rows they are permuted (seeded by pass) and cut into
         batches, and the fewer than ``local`` rows left over wait for the next cut. At the end of the pass
         the pool is cut the same way and its incomplete last batch dropped, as in memory. Per batch this
@@ -265,8 +266,8 @@ class CaptionStream:
         yield from _cut(pool, local, rng)  # the rest of the pass; fewer than `local` rows are dropped
 
     def _bursts(self, p: int, shuffle: int) -> Iterator[list[pa.Table]]:
-        """Pass ``p``'s blocks: whole chunks of >= ``shuffle`` rows read at once (:class:`PassReads`), or
-        one block at a time as Ray Data delivers them (reading ahead)."""
+        """Pass ``p``'s blocks: whole chunks of >= ``shuffle`` rows read here at once (:class:`PassReads`),
+        or one block at a time as Ray Data delivers them (reading ahead)."""
         if isinstance(self.source, PassReads):
             for chunk in self.source.chunks(p, shuffle):
                 yield self.source.read(chunk)
