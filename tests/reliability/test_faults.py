@@ -211,9 +211,16 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
     completes the remote copy."""
     from s3_server import _free_port, create_bucket, s3_env
 
+    from e2i.cache import pipeline
     from e2i.corpus.toy import make_toy_corpus
 
     toy = make_toy_corpus(tmp_path / "toy", n_items=16, seed=5)
+    # Each failed sync is retried 4 times with waits of backoff * (1, 2, 4) s: 7 s of sleep per sync at the
+    # default backoff of 1 s. The retries are what this test needs, not the waits (their schedule is
+    # tests/store/test_mirror.py's): the same real Mirror with a 0.05 s backoff.
+    open_mirror = pipeline._open_mirror
+    monkeypatch.setattr(pipeline, "_open_mirror",
+                        lambda uri, out, token, attempts, backoff: open_mirror(uri, out, token, attempts, 0.05))
     port = _free_port("127.0.0.1")
     endpoint = f"http://127.0.0.1:{port}"
     for key, value in s3_env(endpoint).items():
@@ -225,7 +232,7 @@ def test_object_storage_stopped_mid_cache_then_back(ray_local, tmp_path, capsys,
         stopper.start()
         args = ["cache", "--metadata", str(toy), "--cache-dir", str(tmp_path / "stores"), *CACHE_FLAGS,
                 "--mirror", "s3://e2i-rel/stores"]
-        try:  # a sync every 48 embedded rows and one at the end (each retried 4 times: 1+2+4 s waits)
+        try:  # a sync every 48 embedded rows and one at the end (each retried 4 times)
             code, out, err = run_cli([*args, "--upload-every", "48"], capsys)
         finally:
             stopper.done.set()
