@@ -330,10 +330,16 @@ def test_mirror_flags_to_a_real_s3_server(ray_local, tmp_path, monkeypatch, caps
     assert "mirror s3://e2i-images/exports/toy/all: 14 uploaded, 0 failed (1 sync(s))" in out
 
 
-def test_hub_flags_name_the_dataset_repo_and_keep_the_token_out(ray_local, tmp_path, capsys):
+def test_hub_flags_name_the_dataset_repo_and_keep_the_token_out(ray_local, tmp_path, capsys, monkeypatch):
     """No network here (HF_HUB_OFFLINE=1): the Hub upload fails after its retries, is reported with the
     repo path built from --hf-dataset/--hf-prefix, exits 1, and the local export is complete."""
+    import functools
+
     from e2i.cli import main
+    from e2i.store import mirror
+
+    # the real Mirror, retrying 4 times as by default, but 0.05 s apart instead of 1, 2, 4 s
+    monkeypatch.setattr(mirror, "Mirror", functools.partial(mirror.Mirror, backoff=0.05))
 
     split = tmp_path / "st" / "toy" / "all"
     _, caps = _small_store(split)
