@@ -20,10 +20,13 @@ they ran; all seeds). Target: ASHA within 1 point (0.01) of FIFO's R@1 while spe
 epochs.
 
 Overhead: wall time of the FIFO search (``tune_space`` call: Tune start, trial actors, results,
-checkpoints, Optuna bookkeeping) vs the ideal time, the sum of the trials' own time (Tune's
-``time_total_s``: from the trial function's start to its last report) divided by the concurrency.
-Ray's scalability benchmark (10 000 trials of 1 s on 16 cores: 715 s vs 625 s minimum) shows ~14%;
-the target is <= 1.10x. Per trial epoch: one report; a checkpoint only at ASHA's rungs, every
+checkpoints, Optuna bookkeeping) vs the ideal time: the same trials (Tune's ``time_total_s``, from
+the trial function's start to its last report), in the order they started, each put on the slot
+that frees first with no cost in between (a list schedule). Ray's scalability benchmark (10 000
+trials of 1 s on 16 cores: 715 s vs 625 s minimum) shows ~14%; there all trials are equally long and
+this ideal is the sum divided by the slots. Here trials differ (heads, widths), so the sum divided
+by the slots would also count the tail where one trial runs alone, which no scheduler avoids
+without knowing the lengths; that ratio is printed too. The target is <= 1.10x. Per trial epoch: one report; a checkpoint only at ASHA's rungs, every
 ``checkpoint.every_n_epochs`` and the trial's last epoch; trial actors are reused.
 
     python benchmarks/bench_tuning.py [--quick] [--json out.json]
@@ -87,7 +90,22 @@ def trial_table(space_path: Path) -> list[dict]:
 
     space = load_space(space_path)
     analysis = ExperimentAnalysis(f"{space.storage_path}/{space.name}")
-    return [df.iloc[-1].to_dict() for df in analysis.trial_dataframes.values() if len(df)]
+    rows = []
+    for df in analysis.trial_dataframes.values():
+        if len(df):  # the last result, and when the trial started (its first result minus its own time)
+            first = df.iloc[0]
+            rows.append(df.iloc[-1].to_dict() | {"started": float(first["timestamp"]) - float(first["time_total_s"])})
+    return rows
+
+
+def list_schedule(durations: list[float], slots: int) -> float:
+    """Makespan of ``durations`` (in start order) on ``slots`` with zero overhead: each trial goes to the
+    slot that frees first (what Tune does with a free slot, minus Tune's own costs)."""
+    free = [0.0] * slots
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
 
 
 def search(space_path: Path) -> dict:
@@ -97,14 +115,15 @@ def search(space_path: Path) -> dict:
     wall, _ = harness.timed(lambda: tune_space(space_path, report=False))
     rows = trial_table(space_path)
     objective = "best/val/recall@1"
+    durations = [float(r["time_total_s"]) for r in sorted(rows, key=lambda r: r["started"])]
     return {"wall": wall, "trials": len(rows), "best_r1": max(float(r[objective]) for r in rows),
             "epochs": int(sum(int(r["epoch"]) for r in rows)),
-            "trial_time": float(sum(float(r["time_total_s"]) for r in rows))}
+            "trial_time": float(sum(durations)), "makespan": list_schedule(durations, CONCURRENCY)}
 
 
 def combine(runs: list[dict]) -> dict:
     """Several searches of one kind: mean best R@1; summed epochs, wall and trial times."""
-    out = {k: float(sum(r[k] for r in runs)) for k in ("wall", "trial_time")}
+    out = {k: float(sum(r[k] for r in runs)) for k in ("wall", "trial_time", "makespan")}
     out.update(trials=sum(r["trials"] for r in runs), epochs=sum(r["epochs"] for r in runs),
                best_r1=sum(r["best_r1"] for r in runs) / len(runs))
     return out
@@ -143,11 +162,15 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
                + ("; per seed " + ", ".join(f"{x['epochs']}/{y['epochs']}" for x, y in zip(runs["asha"], runs["fifo"]))
                   if seeds > 1 else "") + ")",
                a["epochs"] / f["epochs"], "<=", TARGET_EPOCHS, unit="%"),
-        Result(BENCH, f"Ray Tune overhead: FIFO search wall vs sum of trial times / {CONCURRENCY} concurrent "
-                      f"({f['trials']} trials x {size['max_t']} epochs)",
-               f"{f['wall']:.1f} s vs {ideal:.1f} s ideal (sum of trials {f['trial_time']:.1f} s)",
-               f["wall"] / ideal, "<=", RAY_OVERHEAD,
-               note="Ray's own benchmark: 715 s / 625 s = 1.14x"),
+        Result(BENCH, f"Ray Tune overhead: FIFO search wall vs the same trials scheduled with zero overhead on "
+                      f"{CONCURRENCY} slots ({f['trials']} trials x {size['max_t']} epochs)",
+               f"{f['wall']:.1f} s vs {f['makespan']:.1f} s (each trial, in start order, on the slot that frees "
+               f"first; sum of trials {f['trial_time']:.1f} s)",
+               f["wall"] / f["makespan"], "<=", RAY_OVERHEAD,
+               note="Ray's own benchmark (equal 1 s trials, where this ideal is sum / slots): 715 s / 625 s = 1.14x"),
+        Result(BENCH, f"  FIFO search wall vs sum of trial times / {CONCURRENCY} (also counts the tail where one "
+                      "trial runs alone: the trials' unequal lengths, not Tune's cost)",
+               f"{f['wall']:.1f} s vs {ideal:.1f} s", f["wall"] / ideal),
         Result(BENCH, "same for the ASHA search (many 1-epoch trials: fixed per-trial cost weighs more)",
                f"{a['wall']:.1f} s vs {ideal_a:.1f} s ideal", a["wall"] / ideal_a),
     ]
