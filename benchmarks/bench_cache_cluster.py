@@ -98,7 +98,9 @@ def drive(c, corpus: Path | str, store: Path, write_on: str, kind: str = "clotho
     return out
 
 
-def run(quick: bool = False, work: Path | None = None) -> list[Result]:
+def run(quick: bool = False, work: Path | None = None, on=None) -> list[Result]:
+    """``on``: a running LocalCluster of :func:`cluster`'s shape to drive instead of starting one (the tests
+    run --quick on the 2 x 2-CPU cluster of tests/reliability/test_multinode_cache.py)."""
     from e2i.corpus.toy import make_toy_corpus
 
     size = QUICK if quick else FULL
@@ -107,7 +109,7 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
         # the same records as JSONL files of 25 clips each (the file count grows with the corpus)
         files = {k: max(2, n // 25) for k, n in size.items()}
         shards = {k: jsonl_files(corpora[k], root / f"jsonl_{k}", files[k]) for k in size}
-        with cluster() as c:
+        with contextlib.nullcontext(on) if on is not None else cluster() as c:
             if not quick:  # warm-up: worker processes, imports, page cache (--quick checks the rows only)
                 drive(c, corpora["1x"], root / "warm", "workers")
             runs = {(k, w): drive(c, corpora[k], root / f"s_{k}_{w}", w)

@@ -121,12 +121,9 @@ def test_caching_quick(ray_local, tmp_path):
     check_rows(bench_caching.run(quick=True, work=tmp_path), "caching", 2)
 
 
-@pytest.mark.slow
-def test_cache_cluster_quick(tmp_path):
-    """Its own 3-node cluster (a subprocess) and driver subprocesses: independent of the session's Ray."""
-    import bench_cache_cluster
-
-    check_rows(bench_cache_cluster.run(quick=True, work=tmp_path), "cache cluster", 1)
+# bench_cache_cluster (a 3-node cluster and driver subprocesses, independent of the session's Ray) runs at
+# --quick size on the identical cluster of tests/reliability/test_multinode_cache.py, in
+# test_cache_cluster_benchmark_quick there: one cluster start less.
 
 
 @pytest.mark.slow

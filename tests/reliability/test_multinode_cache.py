@@ -129,6 +129,19 @@ def test_s3_corpus_to_s3_store_is_written_by_the_worker_nodes(cluster, s3_corpus
 
 
 @pytest.mark.slow
+def test_cache_cluster_benchmark_quick(cluster, tmp_path):
+    """benchmarks/bench_cache_cluster.py at --quick size produces its rows (as tests/test_benchmarks.py checks
+    every benchmark), on this module's cluster: the benchmark starts the same one (2 worker nodes of 2 CPUs)
+    when it runs alone. Before the node-loss test, which takes a node away."""
+    import importlib
+
+    from test_benchmarks import check_rows  # puts benchmarks/ on sys.path
+
+    bench = importlib.import_module("bench_cache_cluster")
+    check_rows(bench.run(quick=True, work=tmp_path, on=cluster), "cache cluster", 1)
+
+
+@pytest.mark.slow
 def test_worker_node_removed_mid_cache_gives_the_uninterrupted_store(cluster, s3_corpus, uninterrupted):
     """Once the first item shard is on S3, the worker node running an embedding actor is removed (its raylet
     and processes killed). Ray Data restarts the actor and retries the lost blocks on the node left; a
