@@ -19,6 +19,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): a run's
+# end, a reported checkpoint and a dead worker are each noticed up to that late. 0.5 s for the suite (inherited
+# by the Ray instances and `e2i` commands the tests start); a slow poll only counts as missed, and a worker is
+# declared dead after 10 min of them (RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S), so load does not fail runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Ray 2.60 turns token auth on and writes ~/.ray/auth_token; give it a token by env instead so the
 # suite leaves no token file behind and CLI clients (ray job submit) in tests can authenticate.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
