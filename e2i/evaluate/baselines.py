@@ -52,10 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from e2i.errors import ConfigError
+from e2i.evaluate.baseline_fits import DEFAULT_ALPHAS, _Pairs, _score, fit_method
 from e2i.store import load_split
 
 METHODS = ("cosine", "cca", "pls", "ridge", "procrustes")
-DEFAULT_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 RESULTS_FILE = "baselines.json"
 TABLE_COLUMNS = (  # (header, metric key)
     ("t2i R@1", "text_to_item/recall@1"),
@@ -63,150 +63,6 @@ TABLE_COLUMNS = (  # (header, metric key)
     ("t2i mAP@10", "text_to_item/mAP@10"),
     ("i2t R@1", "item_to_text/recall@1"),
 )
-
-
-class _Pairs:
-    """One split as standardisation-ready arrays: items (N, Di), captions (M, Dc), caption_item (M,)."""
-
-    def __init__(self, items: np.ndarray, caps: np.ndarray, cap_item: np.ndarray):
-        self.items = np.asarray(items, np.float64)
-        self.caps = np.asarray(caps, np.float64)
-        self.cap_item = np.asarray(cap_item, np.int64)
-
-    @classmethod
-    def of(cls, split) -> _Pairs:
-        return cls(split.item_emb, split.caption_emb, split.caption_item)
-
-    def subset(self, item_rows: np.ndarray) -> _Pairs:
-        """The items ``item_rows`` and all their captions, re-indexed."""
-        new_row = np.full(len(self.items), -1, np.int64)
-        new_row[item_rows] = np.arange(len(item_rows))
-        keep = new_row[self.cap_item] >= 0
-        return _Pairs(self.items[item_rows], self.caps[keep], new_row[self.cap_item[keep]])
-
-    @property
-    def paired_items(self) -> np.ndarray:  # (M, Di): each caption's item
-        return self.items[self.cap_item]
-
-
-def _stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return a.mean(0), a.std(0) + 1e-8
-
-
-def _score(item_z: np.ndarray, cap_z: np.ndarray, cap_item: np.ndarray, relevance=None) -> dict:
-    from e2i.evaluate.metrics import retrieval_metrics
-
-    def unit(z):
-        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-    extra = {"relevance": relevance} if relevance is not None else {}  # text->item with the head's lists
-    return retrieval_metrics(unit(item_z).astype(np.float32), unit(cap_z).astype(np.float32), cap_item, ci=False, **extra)
-
-
-class _Fitted:
-    """Standardisation of both sides with train pair statistics, shared by the fitted methods."""
-
-    def __init__(self, train: _Pairs):
-        self.mx, self.sx = _stats(train.caps)
-        self.my, self.sy = _stats(train.paired_items)
-        self.X = (train.caps - self.mx) / self.sx  # (M, Dc)
-        self.Y = (train.paired_items - self.my) / self.sy  # (M, Di)
-
-    def std(self, split: _Pairs) -> tuple[np.ndarray, np.ndarray]:
-        """(items (N, Di), captions (M, Dc)) of ``split``, standardised."""
-        return (split.items - self.my) / self.sy, (split.caps - self.mx) / self.sx
-
-
-def _fit_cosine(train: _Pairs, _):
-    mu_i, mu_c = train.items.mean(0), train.caps.mean(0)
-    return lambda s: (s.items - mu_i, s.caps - mu_c), {}
-
-
-def _inv_sqrt(c: np.ndarray) -> np.ndarray:
-    """C^{-1/2} of a symmetric positive definite (D, D) matrix via its eigendecomposition."""
-    w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-
-def _fit_cca(train: _Pairs, k: int, reg: float = 1e-3):
-    f = _Fitted(train)
-    m = len(f.X)
-    cxx, cyy, cxy = f.X.T @ f.X / (m - 1), f.Y.T @ f.Y / (m - 1), f.X.T @ f.Y / (m - 1)
-    cxx += reg * np.trace(cxx) / len(cxx) * np.eye(len(cxx))  # ridge: collinear dims stay invertible
-    cyy += reg * np.trace(cyy) / len(cyy) * np.eye(len(cyy))
-    wx, wy = _inv_sqrt(cxx), _inv_sqrt(cyy)
-    u, rho, vt = np.linalg.svd(wx @ cxy @ wy)  # canonical correlations rho, descending
-    k = min(k, len(rho))
-    A, B = wx @ u[:, :k] * rho[:k], wy @ vt.T[:, :k] * rho[:k]  # (Dc, k), (Di, k), variates scaled by rho
-    return _linear_maps(f, B, A), {"components": k, "reg": reg, "rho": [round(float(r), 4) for r in rho[:k]]}
-
-
-def _linear_maps(f: _Fitted, item_map: np.ndarray, cap_map: np.ndarray):
-    """project(split) -> (standardised items @ item_map (N, k), standardised captions @ cap_map (M, k))."""
-
-    def project(s):
-        yi, xc = f.std(s)
-        return yi @ item_map, xc @ cap_map
-
-    return project
-
-
-def _fit_pls(train: _Pairs, k: int):
-    from sklearn.cross_decomposition import PLSSVD
-
-    f = _Fitted(train)
-    pls = PLSSVD(n_components=k, scale=False).fit(f.X, f.Y)
-    U, V = pls.x_weights_, pls.y_weights_  # (Dc, k), (Di, k)
-    return _linear_maps(f, V, U), {"components": k}
-
-
-def _ridge_map(train: _Pairs, alpha: float):
-    from sklearn.linear_model import Ridge
-
-    f = _Fitted(train)
-    reg = Ridge(alpha=alpha, fit_intercept=False).fit(f.X, f.Y)  # X~ (M, Dc) -> Y~ (M, Di)
-
-    def project(s):
-        yi, xc = f.std(s)
-        return yi, reg.predict(xc)
-
-    return project
-
-
-def _fit_ridge(train: _Pairs, _, *, val: _Pairs | None = None, alphas=DEFAULT_ALPHAS, seed: int = 0):
-    selected_on = "val"
-    fit_on, held = train, val
-    if held is None:  # hold out 20 % of the train items (with all their captions)
-        rows = np.random.default_rng(seed).permutation(len(train.items))
-        n_held = max(1, len(rows) // 5)
-        if len(rows) - n_held < 2:
-            fit_on, held, selected_on = train, train, "train"  # too small to hold out: in-sample pick
-        else:
-            fit_on, held, selected_on = train.subset(np.sort(rows[n_held:])), train.subset(np.sort(rows[:n_held])), \
-                "train holdout"
-    scores = {}
-    for alpha in alphas:
-        item_z, cap_z = _ridge_map(fit_on, alpha)(held)
-        scores[float(alpha)] = _score(item_z, cap_z, held.cap_item)["text_to_item/recall@1"]
-    best = max(scores, key=lambda a: (scores[a], a))  # ties: the stronger regulariser
-    return _ridge_map(train, best), {"alpha": best, "selected_on": selected_on, "alpha_r@1": scores}
-
-
-def _fit_procrustes(train: _Pairs, k: int, *, pca_dim: int | None = None):
-    from scipy.linalg import orthogonal_procrustes
-    from sklearn.decomposition import PCA
-
-    f = _Fitted(train)
-    d = max(1, min(pca_dim or k, f.X.shape[1], f.Y.shape[1], len(f.X) - 1))
-    pca_x = PCA(n_components=d, whiten=True, random_state=0).fit(f.X)
-    pca_y = PCA(n_components=d, whiten=True, random_state=0).fit(f.Y)
-    R, _ = orthogonal_procrustes(pca_x.transform(f.X), pca_y.transform(f.Y))  # (d, d), P_X R ~ P_Y
-
-    def project(s):
-        yi, xc = f.std(s)
-        return pca_y.transform(yi), pca_x.transform(xc) @ R
-
-    return project, {"pca_dim": d}
 
 
 def _split_dir(dataset_dir: str, split: str) -> str:
@@ -258,13 +114,6 @@ def run_baselines(
         train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train.items))[:n_keep]))
     di, dc, m = train.items.shape[1], train.caps.shape[1], len(train.caps)
     k = max(1, min(components, di, dc, m - 1))
-    fitters = {
-        "cosine": _fit_cosine,
-        "cca": _fit_cca,
-        "pls": _fit_pls,
-        "ridge": lambda tr, kk: _fit_ridge(tr, kk, val=val, alphas=alphas, seed=seed),
-        "procrustes": lambda tr, kk: _fit_procrustes(tr, kk, pca_dim=pca_dim),
-    }
     import e2i.evaluate.metrics  # noqa: F401  (imports torch: paid once here, not in the first method's seconds)
 
     results: dict[str, dict] = {}
@@ -272,7 +121,7 @@ def run_baselines(
         if name == "cosine" and di != dc:
             continue
         start = time.perf_counter()
-        project, params = fitters[name](train, k)
+        project, params = fit_method(name, train, k, val=val, alphas=alphas, pca_dim=pca_dim, seed=seed)
         item_z, cap_z = project(test)
         metrics = _score(item_z, cap_z, test.cap_item, relevance)
         metrics["seconds"] = time.perf_counter() - start

@@ -263,7 +263,23 @@ class SkipHead(nn.Module):
         if last.bias is not None:
             last.bias.zero_()
 
+    def branch_is_zero(self) -> bool:
+        """Whether the skip branch is frozen at zero (trained cold: it adds exactly 0, so :meth:`forward`
+        leaves it out; ~20 % of a siglip head's step). Checked again only when its weights change."""
+        w, b = self.skip.weight, self.skip.bias
+        if w.requires_grad or b.requires_grad:
+            return False
+        try:
+            key = (w._version, b._version, w.data_ptr(), b.data_ptr())
+        except RuntimeError:  # inference tensors keep no version counter: check every time
+            key = None
+        if key is None or key != getattr(self, "_zero_key", None):
+            self._zero_key, self._zero = key, not (bool(torch.any(w)) or bool(torch.any(b)))
+        return self._zero
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch_is_zero():
+            return self.head(x)  # (B, output_dim)
         return self.head(x) + self.skip((x - self.mean) / self.std)  # (B, output_dim)
 
 

@@ -57,7 +57,7 @@ def _sample(split: SplitData, max_pairs: int, seed: int) -> SplitData:
 def _affine(project, di: int, dc: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((W_item (Di, k), b_item (k,)), (W_cap (Dc, k), b_cap (k,))) of a baseline's affine ``project``,
     probed at the origin and the unit vectors of each side (module docstring)."""
-    from e2i.evaluate.baselines import _Pairs
+    from e2i.evaluate.baseline_fits import _Pairs
 
     probe = _Pairs(np.vstack([np.zeros((1, di)), np.eye(di)]), np.vstack([np.zeros((1, dc)), np.eye(dc)]),
                    np.zeros(dc + 1, np.int64))
@@ -104,17 +104,15 @@ def fit_linear_maps(train: SplitData, val: SplitData, *, method: str = "best", o
                     seed: int = 0) -> dict:
     """The baseline map of each side in the model's form: ``{"method", "item": (mean, std, W, b),
     "caption": (...), "val": {method: val text->item R@1}, "seconds"}`` (float64 numpy; W (D, <= output_dim))."""
-    from e2i.evaluate import baselines as bl
+    from e2i.evaluate import baseline_fits as bl
 
     start = time.perf_counter()
     fit_split = _sample(train, MAX_FIT_PAIRS, seed)
     fit_on, val_pairs = bl._Pairs.of(fit_split), bl._Pairs.of(_sample(val, MAX_VAL_PAIRS, seed))
     di, dc = fit_on.items.shape[1], fit_on.caps.shape[1]
     k = max(1, min(COMPONENTS, di, dc, len(fit_on.caps) - 1))
-    fitters = {"cca": bl._fit_cca, "pls": bl._fit_pls, "procrustes": bl._fit_procrustes,
-               "ridge": lambda tr, kk: bl._fit_ridge(tr, kk, val=val_pairs, seed=seed),
-               "cosine": bl._fit_cosine}
-    names = [m for m in fitters if method in ("best", m) and not (m == "cosine" and di != dc)]
+    names = [m for m in ("cca", "pls", "procrustes", "ridge", "cosine")
+             if method in ("best", m) and not (m == "cosine" and di != dc)]
     if not names:
         raise ValueError(f"model.warm_start: {method!r} needs item and caption embeddings of one dim "
                          f"(have {di} and {dc})")
@@ -123,7 +121,7 @@ def fit_linear_maps(train: SplitData, val: SplitData, *, method: str = "best", o
     found: dict[str, tuple] = {}
     scores: dict[str, tuple[float, float]] = {}
     for name in names:
-        project, _ = fitters[name](fit_on, k)
+        project, _ = bl.fit_method(name, fit_on, k, val=val_pairs, seed=seed)  # kept for the evaluation's baseline
         (wi, bi), (wc, bc) = _affine(project, di, dc)
         item, cap = _reduce(_standardised(wi, bi, mu_i, sd_i), _standardised(wc, bc, mu_c, sd_c), fit_split,
                             output_dim)
