@@ -259,16 +259,14 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     # its older checkpoint): without it, a Ray resume starts from the latest checkpoint_epochNNNN
     (run_dir / CHECKPOINTS / RAY_SNAPSHOT).unlink(missing_ok=True)
     logger = EpochLogger(cfg, run_dir, enabled=True)
-    logger.say("1 worker on cpu, in this process (no Ray Train; scaling.trainer: ray to use one)")
     on_cpu = pick_device(cfg).type == "cpu"
+    logger.say(f"1 worker on {pick_device(cfg).type}, in this process (no Ray Train; scaling.trainer: ray to use one)")
     logger.say(plan.line("from disk by this process, chunk by chunk" if on_cpu else "with Ray Data, reading ahead"))
     stream = None
-    if plan.streaming:
-        if on_cpu:  # read here, chunk by chunk between cuts (no Ray needed)
-            stream = PassReads(train_split_path(cfg), cfg.seed)
-        else:  # Ray Data tasks read ahead on the CPUs while the GPU computes
-            ensure_ray()
-            stream = caption_dataset(train_split_path(cfg), cfg.seed)
+    if plan.streaming and on_cpu:  # read here, chunk by chunk between cuts (no Ray needed)
+        stream = PassReads(train_split_path(cfg), cfg.seed)
+    elif plan.streaming:  # Ray Data tasks read ahead on the CPUs while the GPU computes
+        stream = ensure_ray() or caption_dataset(train_split_path(cfg), cfg.seed)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> bool:
         logger(metrics)
