@@ -111,8 +111,8 @@ def run(quick: bool = False, work: Path | None = None) -> list[Result]:
     pairs = split.captions // size["batch"] * size["batch"]
     val_mem, val_stream = statistics.mean(best["never"]), statistics.mean(best["always"])
     return [
-        Result(BENCH, f"streamed train captions (Ray Data: {groups} row groups read in bursts of one pool -> shuffle pool -> batches; "
-                      f"items in memory) vs the split in memory, same store ({split.captions:,} captions x "
+        Result(BENCH, f"streamed train captions ({groups} row groups read by this process a chunk of >= shuffle_rows rows "
+                      f"at a time -> shuffle pool -> batches; items in memory) vs the split in memory, same store ({split.captions:,} captions x "
                       f"{split.caption_dim}-d, {gb:.2f} GB), clip head, sigmoid loss, batch {size['batch']}, "
                       f"{threads} torch thread(s), in-process loop",
                f"{harness.fmt_rate(stream, 'pairs/s')} vs {harness.fmt_rate(mem, 'pairs/s')}",
