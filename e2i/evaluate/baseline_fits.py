@@ -89,9 +89,6 @@ class _Fitted:
         self.X = (train.caps - mx) / sx  # (M, Dc)
         self.Y = (train.paired_items - my) / sy  # (M, Di)
 
-    def std(self, split: _Pairs) -> tuple[np.ndarray, np.ndarray]:
-        return self.scaler.std(split)
-
 
 def _fit_cosine(train: _Pairs, _):
     mu_i, mu_c = train.items.mean(0), train.caps.mean(0)
@@ -189,7 +186,7 @@ def _fit_procrustes(train: _Pairs, k: int, *, pca_dim: int | None = None):
     return project, {"pca_dim": d}
 
 
-_FITTERS = {"cosine": _fit_cosine, "cca": _fit_cca, "pls": _fit_pls}  # ridge, procrustes: fit_method
+_FITTERS = {"cosine": _fit_cosine, "cca": _fit_cca, "pls": _fit_pls, "ridge": _fit_ridge, "procrustes": _fit_procrustes}
 FIT_CACHE_SIZE = 16  # fitted maps kept per process (a few per store: each holds (D, k) matrices, no data)
 _fit_cache: OrderedDict = OrderedDict()  # key -> (project, params), least recently used first
 _fit_lock = threading.Lock()
@@ -209,23 +206,19 @@ def fit_method(name: str, train: _Pairs, k: int, *, val: _Pairs | None = None, a
     refitted. Every fit is deterministic, so a kept one equals a refit; the maps hold only the train
     statistics and (D, k) matrices, not the data."""
     if name == "ridge":
+        options = {"val": val, "alphas": alphas, "seed": seed}
         extra = (val.digest() if val is not None else ("holdout", seed), tuple(float(a) for a in alphas))
     elif name == "procrustes":
-        extra = (pca_dim,)
+        options, extra = {"pca_dim": pca_dim}, (pca_dim,)
     else:
-        extra = ()
+        options, extra = {}, ()
     key = (train.digest(), name, k, extra)
     with _fit_lock:
         hit = _fit_cache.get(key)
         if hit is not None:
             _fit_cache.move_to_end(key)
     if hit is None:
-        if name == "ridge":
-            hit = _fit_ridge(train, k, val=val, alphas=alphas, seed=seed)
-        elif name == "procrustes":
-            hit = _fit_procrustes(train, k, pca_dim=pca_dim)
-        else:
-            hit = _FITTERS[name](train, k)
+        hit = _FITTERS[name](train, k, **options)
         with _fit_lock:
             fit_counts[name] += 1
             _fit_cache[key] = hit

@@ -167,11 +167,9 @@ class RowGroupReader:
         try:
             with fs.open_input_file(full) as f:
                 pf = pq.ParquetFile(f)
-                table = pf.read_row_group(group, columns=others)
                 dim = embedding_dim_from_type(pf.schema_arrow.field("embedding").type) \
-                    if "embedding" in self.columns else None
-                if "embedding" in self.columns and dim is None:  # variable lists: pyarrow decodes them
-                    table = pf.read_row_group(group, columns=self.columns)
+                    if "embedding" in self.columns else None  # None: no embedding, or variable lists (pyarrow)
+                table = pf.read_row_group(group, columns=self.columns if dim is None else others)
         except (OSError, pa.ArrowException, KeyError) as e:
             raise StoreError(f"{uri}: cannot read row group {group} ({str(e).splitlines()[0]})") from None
         if dim is None:

@@ -259,8 +259,8 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, evaluate: bool = True
     # its older checkpoint): without it, a Ray resume starts from the latest checkpoint_epochNNNN
     (run_dir / CHECKPOINTS / RAY_SNAPSHOT).unlink(missing_ok=True)
     logger = EpochLogger(cfg, run_dir, enabled=True)
-    on_cpu = pick_device(cfg).type == "cpu"
-    logger.say(f"1 worker on {pick_device(cfg).type}, in this process (no Ray Train; scaling.trainer: ray to use one)")
+    on_cpu = (device := pick_device(cfg).type) == "cpu"
+    logger.say(f"1 worker on {device}, in this process (no Ray Train; scaling.trainer: ray to use one)")
     logger.say(plan.line("from disk by this process, chunk by chunk" if on_cpu else "with Ray Data, reading ahead"))
     stream = None
     if plan.streaming and on_cpu:  # read here, chunk by chunk between cuts (no Ray needed)
