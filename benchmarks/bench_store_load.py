@@ -6,8 +6,10 @@ float32 values written to one raw file and read with ``readinto`` into a preallo
 
 Page cache: everything is read **warm**. The files of all variants (6 GB) may not all fit in the
 page cache next to other work on the machine, so each variant gets one untimed read right before its
-``--repeats`` timed reads, which run back to back; the best counts (the least disturbed run). On a
-cold cache every variant would be bound by the disk, which says nothing about the loader.
+``--repeats`` timed reads; the best counts (the least disturbed run). The target row's two sides (raw
+read, ``load_split(with_text=False)``) alternate round by round, so a slow spell of the VM falls on
+both rather than on one side's rounds. On a cold cache every variant would be bound by the disk,
+which says nothing about the loader.
 
 Figures: seconds of ``load_split(with_text=False)`` (what training uses) vs the raw read, as a speed
 ratio (raw seconds / load seconds, target >= 0.8), and for information: ``with_text=True`` (also
@@ -18,7 +20,7 @@ row, no list levels): what a binary embedding layout would cost to decode.
 
 Noise: on this VM the first touch of freshly allocated memory is sometimes ~8x slower than later
 (filling 2 GB: 3.4 s once, 0.4 s after), and every load allocates its 2 GB anew; the best of
-``--repeats`` rounds filters that out.
+``--repeats`` rounds (5) filters that out.
 
     python benchmarks/bench_store_load.py [--quick] [--json out.json]
 """
@@ -122,7 +124,7 @@ def binary_rows(path: Path, dim: int) -> np.ndarray:
                            .reshape(len(c), dim) for c in chunks])
 
 
-def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list[Result]:
+def run(quick: bool = False, work: Path | None = None, repeats: int = 5) -> list[Result]:
     from e2i.store import load_split, write_split
 
     size = QUICK if quick else FULL
@@ -147,14 +149,19 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list
         fns = {"raw": raw_read, "load": load(False), "load_text": load(True),
                "pyarrow": lambda: read_embedding_columns(split_dir),
                "binary": lambda: read_binary_layout(binary_dir)}
-        best = {}
-        for key, fn in fns.items():
-            fn()  # untimed: brings this method's files into the page cache (6 GB of files in all)
-            runs = []
-            for _ in range(repeats):  # back to back, so the files are still cached
+        runs: dict[str, list[float]] = {key: [] for key in fns}
+        for key in ("raw", "load"):
+            fns[key]()  # untimed: brings the files of the target row into the page cache (4 GB)
+        for _ in range(repeats):  # the target row's two sides alternate, so a slow spell hits both
+            for key in ("raw", "load"):
                 gc.collect()
-                runs.append(harness.timed(fn)[0])
-            best[key] = min(runs)
+                runs[key].append(harness.timed(fns[key])[0])
+        for key in ("load_text", "pyarrow", "binary"):  # report-only rows: back to back, files cached
+            fns[key]()
+            for _ in range(repeats):
+                gc.collect()
+                runs[key].append(harness.timed(fns[key])[0])
+        best = {key: min(times) for key, times in runs.items()}
 
     gbps = lambda s: nbytes / s / 1e9
     shape = f"{n_emb:,} x {size['dim']} float32 ({nbytes / 1e9:.2f} GB; parquet {parquet_bytes / 1e9:.2f} GB)"
@@ -179,7 +186,7 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 3) -> list
 
 def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (best counts; default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (best counts; default 5)")
     args = p.parse_args(argv)
     harness.quiet_environment()
     results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None, repeats=args.repeats)

@@ -18,7 +18,7 @@ nulls, a foreign writer's variable lists) returns None and the caller decodes wi
 
 Also here: :func:`embedding_rows` (one shard's embeddings into rows of the result: fast path, else
 pyarrow one row group at a time; checked finite), :func:`read_in_order` (shards of unknown or mixed
-D) and :class:`Background` (the fill thread of :func:`e2i.store.reader.load_split`).
+D) and :class:`Background` (the fill threads of :func:`e2i.store.reader.load_split`).
 """
 
 from __future__ import annotations
@@ -347,21 +347,26 @@ def read_in_order(fs, fulls: list[str], files: list[str], heads: list[pq.FileMet
 
 
 class Background:
-    """Run ``fn`` in a thread; ``join()`` re-raises its exception here."""
+    """Run each of ``fns`` in its own thread; ``join()`` re-raises an exception here."""
 
-    def __init__(self, fn) -> None:
-        self.error: BaseException | None = None
+    def __init__(self, *fns) -> None:
+        self.errors: list[BaseException | None] = [None] * len(fns)
 
-        def run() -> None:
+        def run(k: int) -> None:
             try:
-                fn()
+                fns[k]()
             except BaseException as e:  # noqa: BLE001 - handed to the caller by join()
-                self.error = e
+                self.errors[k] = e
 
-        self.thread = threading.Thread(target=run, name="e2i-store-read", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=run, args=(k,), name="e2i-store-read", daemon=True)
+                        for k in range(len(fns))]
+        for t in self.threads:
+            t.start()
 
     def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        """Wait for every thread; re-raise the first function's error (in argument order, not time)."""
+        for t in self.threads:
+            t.join()
+        for e in self.errors:
+            if e is not None:
+                raise e
