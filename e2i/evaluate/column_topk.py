@@ -3,7 +3,8 @@
 * :func:`count_buffer`: the float scratch comparisons write 0/1 into, because a float sum counts
   about twice as fast as a bool mask's (which converts to an integer copy first);
 * :func:`topk_rows`: exact top-k of each row, ties by ascending index;
-* :class:`ColumnTopK`: a running exact top-k of every column of a matrix seen in row chunks.
+* :class:`ColumnTopK`: a running exact top-k of every column of a matrix seen in row chunks;
+  :func:`merge_lists` joins the lists of several such runs over disjoint rows.
 
 Order convention: score descending, equal scores by ascending index. Pure torch: no ray import.
 """
@@ -96,6 +97,18 @@ def _above_in(block: torch.Tensor, kth: torch.Tensor, buf: torch.Tensor | None =
         r, j = torch.nonzero(mask.index_select(1, many), as_tuple=True)  # row-major: rows ascending
         rows, cols = torch.cat([rows, r]), torch.cat([cols, many[j]])
     return rows, cols
+
+
+def merge_lists(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k lists of the same columns over disjoint row sets [(values (C, k), index (C, k))] -> the
+    lists of their union (C, k): score desc, equal scores by ascending index; -inf / -1 padding last."""
+    k = parts[0][0].shape[1]
+    vals, idx = torch.cat([v for v, _ in parts], 1), torch.cat([i for _, i in parts], 1)  # (C, P k)
+    big = torch.iinfo(torch.int64).max
+    perm = torch.argsort(torch.where(idx < 0, big, idx), dim=1, stable=True)  # index asc, padding last
+    vals, idx = vals.gather(1, perm), idx.gather(1, perm)
+    perm = torch.argsort(-vals, dim=1, stable=True)[:, :k]  # score desc; equal scores keep index order
+    return vals.gather(1, perm), idx.gather(1, perm)
 
 
 class ColumnTopK:

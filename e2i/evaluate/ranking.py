@@ -28,15 +28,17 @@ stable argsort of ``-score`` gives). Pure torch: no ray import here.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from e2i.evaluate.column_topk import ColumnTopK, count_buffer, topk_rows
+from e2i.evaluate.column_topk import ColumnTopK, count_buffer, merge_lists, topk_rows
 
 MAP_K = 10  # the column lists kept for item -> text AP@10
 PRE_CHUNK = 256  # captions per pre-pass block (grouped by item)
+WORKERS = 2  # Python threads sharing a CPU pass (see scan)
 
 
 def as_tensor(x, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -108,6 +110,13 @@ def scan(items, caps, cap_item, t2i_queries, t2i_table, *, t2i_k=0, i2t=True, ch
     Per chunk only counts are taken (a comparison written into ``buf`` and a float sum per
     direction and threshold); rows and columns whose target is tied by another candidate, which
     need the index order, are recounted exactly after the pass from their own rows (rare).
+
+    On CPU with T >= 2 torch threads the chunks go to :data:`WORKERS` Python threads of T / WORKERS
+    torch threads each, every one taking blocks of ``chunk_size / WORKERS`` rows in turn (the same
+    memory as one ``chunk_size`` block): the matmul scales with torch's threads, but the small
+    counting ops on a block (~1 ms each) do not, and side by side they run on a core each. Each
+    thread has its own column counts and top-10 lists, summed and merged after the pass (exact:
+    counts are integers, lists merge in ranking order).
     """
     dev, (m, n) = caps.device, (len(caps), len(items))
     nq, padded = len(t2i_queries), bool((t2i_table < 0).any())
@@ -117,42 +126,78 @@ def scan(items, caps, cap_item, t2i_queries, t2i_table, *, t2i_k=0, i2t=True, ch
     if i2t:
         pre = caption_targets(items, caps, cap_item)  # (M,)
         t_star, c_star = _best_caption(pre, cap_item, n)  # (N,), (N,); +inf / M for captionless items
-        above = torch.zeros(n, dtype=torch.float64, device=dev)  # (N,) captions above t*
-        tied = torch.zeros(n, dtype=torch.float64, device=dev)  # (N,) captions equal to t*, c* included
         own = torch.empty(m, dtype=caps.dtype, device=dev)  # (M,) each caption's own score, from its block
         # Only captions scoring at least an item's weakest own caption can move a relevant caption
         # down its list, so that score is the floor of its top-10 (AP@10 needs nothing below it).
         floor = torch.full((n,), torch.inf, device=dev).scatter_reduce(0, cap_item, pre, "amin")
-        tops, rows_c = ColumnTopK(n, MAP_K, dev, floor), torch.arange(min(chunk_size, m), device=dev)
-    buf = count_buffer(min(chunk_size, m), n, dev)  # the comparisons' scratch, as big as a block
-    scores = torch.empty((min(chunk_size, m), n), dtype=caps.dtype, device=dev)  # every chunk's block
-    starts = np.arange(0, m, chunk_size)
+    threads = torch.get_num_threads()
+    workers = WORKERS if dev.type == "cpu" and threads >= WORKERS and m > chunk_size else 1
+    step = max(1, chunk_size // workers)
+    starts = np.arange(0, m, step)
     bounds = np.searchsorted(t2i_queries.cpu().numpy(), np.append(starts, m))  # queries per chunk
-    for ci, lo in enumerate(starts.tolist()):
-        block = score_block(caps[lo : lo + chunk_size], items, scores)  # (c, N) in the one block buffer
-        c, hi = block.shape[0], lo + block.shape[0]
-        q_lo, q_hi = int(bounds[ci]), int(bounds[ci + 1])
-        if q_hi > q_lo:  # text -> item: the queries of this chunk
-            table = t2i_table[q_lo:q_hi]
-            sub = block if q_hi - q_lo == c else block[t2i_queries[q_lo:q_hi] - lo]  # (q, N)
-            vals = sub.gather(1, table.clamp(min=0))  # (q, R) scores of the relevant items
-            t = (torch.where(table >= 0, vals, -torch.inf) if padded else vals).amax(1, keepdim=True)
-            t2i_above[q_lo:q_hi] = torch.gt(sub, t, out=buf[: len(sub)]).sum(1)
-            t2i_tied[q_lo:q_hi] = torch.eq(sub, t, out=buf[: len(sub)]).sum(1)
-            if t2i_k:
-                t2i_top[q_lo:q_hi] = topk_rows(sub, t2i_k)[1]
-        if i2t:
-            own[lo:hi] = block[rows_c[:c], cap_item[lo:hi]]
-            above += torch.gt(block, t_star, out=buf[:c]).sum(0)
-            tied += torch.eq(block, t_star, out=buf[:c]).sum(0)
-            tops.update(block, lo, buf)  # after the counts: it overwrites buf
+
+    rows = min(step, m)
+    rows_c = torch.arange(rows, device=dev)
+
+    def state() -> tuple:
+        """One worker's buffers, allocated here (this thread's malloc arena, not a short-lived thread's):
+        (scratch, block, above (N,), tied (N,), ColumnTopK) or Nones without i2t."""
+        buf = count_buffer(rows, n, dev)  # the comparisons' scratch, as big as a block
+        scores = torch.empty((rows, n), dtype=caps.dtype, device=dev)  # every chunk's block
+        if not i2t:
+            return buf, scores, None, None, None
+        return (buf, scores, torch.zeros(n, dtype=torch.float64, device=dev),  # (N,) captions above t*
+                torch.zeros(n, dtype=torch.float64, device=dev),  # (N,) captions equal to t*, c* included
+                ColumnTopK(n, MAP_K, dev, floor))
+
+    def work(chunks: range, own_state: tuple) -> tuple:
+        """The pass over the chunks ``chunks`` (ascending) with ``own_state``: (above, tied, ColumnTopK)."""
+        if workers > 1:
+            torch.set_num_threads(max(1, threads // workers))  # per thread (OpenMP): restored below for ours
+        buf, scores, above, tied, tops = own_state
+        for ci in chunks:
+            lo = int(starts[ci])
+            block = score_block(caps[lo : lo + step], items, scores)  # (c, N) in the one block buffer
+            c, hi = block.shape[0], lo + block.shape[0]
+            q_lo, q_hi = int(bounds[ci]), int(bounds[ci + 1])
+            if q_hi > q_lo:  # text -> item: the queries of this chunk
+                table = t2i_table[q_lo:q_hi]
+                sub = block if q_hi - q_lo == c else block[t2i_queries[q_lo:q_hi] - lo]  # (q, N)
+                vals = sub.gather(1, table.clamp(min=0))  # (q, R) scores of the relevant items
+                t = (torch.where(table >= 0, vals, -torch.inf) if padded else vals).amax(1, keepdim=True)
+                t2i_above[q_lo:q_hi] = torch.gt(sub, t, out=buf[: len(sub)]).sum(1)
+                t2i_tied[q_lo:q_hi] = torch.eq(sub, t, out=buf[: len(sub)]).sum(1)
+                if t2i_k:
+                    t2i_top[q_lo:q_hi] = topk_rows(sub, t2i_k)[1]
+            if i2t:
+                own[lo:hi] = block[rows_c[:c], cap_item[lo:hi]]
+                above += torch.gt(block, t_star, out=buf[:c]).sum(0)
+                tied += torch.eq(block, t_star, out=buf[:c]).sum(0)
+                tops.update(block, lo, buf)  # after the counts: it overwrites buf
+        return above, tied, tops
+
+    states = [state() for _ in range(workers)]
+    if workers == 1:
+        parts = [work(range(len(starts)), states[0])]
+    else:  # worker w takes chunks w, w + workers, ...: ascending row order within each (ColumnTopK needs it);
+        # worker 0 is this thread (one thread fewer to start)
+        with ThreadPoolExecutor(workers - 1, thread_name_prefix="e2i-scan") as pool:
+            others = [pool.submit(work, range(w, len(starts), workers), states[w]) for w in range(1, workers)]
+            try:
+                parts = [work(range(0, len(starts), workers), states[0])]
+            finally:
+                torch.set_num_threads(threads)  # this thread's count, as the caller had it
+            parts += [f.result() for f in others]
+    del states
     t2i_rank = 1 + t2i_above.long()
     redo = torch.nonzero(t2i_tied != 1).flatten()  # another item ties the best relevant one
     if len(redo):
         t2i_rank[redo] = _text_rows(caps[t2i_queries[redo]], items, t2i_table[redo], chunk_size)
     if not i2t:
         return Scan(t2i_rank, t2i_top, None, None)
-    i2t_rank, i2t_top = torch.where(c_star < m, 1 + above.long(), 0), tops.result()[1]
+    above, tied = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    i2t_top = merge_lists([p[2].result() for p in parts])[1] if workers > 1 else parts[0][2].result()[1]
+    i2t_rank = torch.where(c_star < m, 1 + above.long(), 0)
     bad = torch.zeros(n, dtype=torch.bool, device=dev)
     bad[cap_item[own != pre]] = True  # the pre-pass disagrees with a block: t* was not the block's value
     redo = torch.nonzero(bad | ((c_star < m) & (tied != 1))).flatten()  # ... or another caption ties c*

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from e2i.evaluate.column_topk import ColumnTopK, count_buffer
+from e2i.evaluate.column_topk import ColumnTopK, count_buffer, merge_lists
+from e2i.evaluate import ranking
 from e2i.evaluate.ranking import _item_rows, as_tensor, scan, score_block, top_k
 
 
@@ -84,3 +85,52 @@ def test_column_topk_with_floor_and_small_pending_arrays_equals_argsort(chunk):
 def test_count_buffer_is_exact_float32_below_2_24_else_float64():
     assert count_buffer(256, 5000, "cpu").dtype == torch.float32
     assert count_buffer(1, 1 << 24, "cpu").dtype == torch.float64  # sums of 2^24 ones leave float32
+
+
+def test_merge_lists_equals_one_list_over_all_rows():
+    """Lists of disjoint interleaved row sets (integer scores: many ties across the sets) merge into the
+    stable-argsort list of all rows; -1 padding (a set with fewer than k rows) goes last."""
+    rng = np.random.default_rng(4)
+    scores = torch.from_numpy(rng.integers(-5, 6, (23, 4)).astype(np.float32))  # (rows, columns)
+    parts = []
+    for w in range(3):
+        rows = torch.arange(w, 23, 3)
+        v, i = ColumnTopK(4, 10, "cpu"), None
+        v.update(scores[rows], 0)
+        vals, local = v.result()
+        parts.append((vals, torch.where(local >= 0, rows[local.clamp(min=0)], -1)))  # local -> global rows
+    vals, idx = merge_lists(parts)
+    ref = torch.from_numpy(np.argsort(-scores.T.numpy(), axis=1, kind="stable")[:, :10].copy())  # (4, 10)
+    assert torch.equal(idx, ref) and torch.equal(vals, torch.gather(scores.T, 1, ref))
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties"])
+def test_scan_in_two_threads_equals_one(ties, monkeypatch):
+    """The CPU pass split over ranking.WORKERS Python threads gives the one-thread pass's ranks and lists
+    (ties across the threads' chunks included), and leaves the caller's torch thread count alone."""
+    items, caps, cap_item = _case(5, ties)
+    it, cp, ci = as_tensor(items), as_tensor(caps), torch.from_numpy(cap_item)
+    table = ci[:, None]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one torch thread: one worker
+        one = scan(it, cp, ci, torch.arange(len(cp)), table, t2i_k=3, chunk_size=8)
+        torch.set_num_threads(2)  # two: the chunks go to ranking.WORKERS threads
+        calls = []
+        real = ranking.ColumnTopK.update
+        monkeypatch.setattr(ranking.ColumnTopK, "update", lambda self, *a, **k: (calls.append(id(self)), real(self, *a, **k)))
+        two = scan(it, cp, ci, torch.arange(len(cp)), table, t2i_k=3, chunk_size=8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(set(calls)) == ranking.WORKERS  # the pass really was split
+    for a, b in zip((one.t2i_rank, one.t2i_top, one.i2t_rank), (two.t2i_rank, two.t2i_top, two.i2t_rank)):
+        assert torch.equal(a, b)
+    # item -> text lists: exact down to each item's weakest own caption (what AP@10 reads) in both
+    scores = score_block(it, cp)  # (N, M)
+    floor = torch.full((len(it),), torch.inf).scatter_reduce(0, ci, scores[ci, torch.arange(len(cp))], "amin")
+    ref = torch.from_numpy(np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :10].copy())  # (N, 10)
+    exact = torch.gather(scores, 1, ref) >= floor[:, None]
+    assert exact.sum() > len(it)
+    for top in (one.i2t_top, two.i2t_top):
+        assert torch.equal(torch.where(exact, top, -2), torch.where(exact, ref, -2))
