@@ -181,13 +181,13 @@ def scan(items, caps, cap_item, t2i_queries, t2i_table, *, t2i_k=0, i2t=True, ch
         parts = [work(range(len(starts)), states[0])]
     else:  # worker w takes chunks w, w + workers, ...: ascending row order within each (ColumnTopK needs it);
         # worker 0 is this thread (one thread fewer to start)
-        with ThreadPoolExecutor(workers - 1, thread_name_prefix="e2i-scan") as pool:
-            others = [pool.submit(work, range(w, len(starts), workers), states[w]) for w in range(1, workers)]
-            try:
+        try:
+            with ThreadPoolExecutor(workers - 1, thread_name_prefix="e2i-scan") as pool:
+                others = [pool.submit(work, range(w, len(starts), workers), states[w]) for w in range(1, workers)]
                 parts = [work(range(0, len(starts), workers), states[0])]
-            finally:
-                torch.set_num_threads(threads)  # this thread's count, as the caller had it
-            parts += [f.result() for f in others]
+                parts += [f.result() for f in others]
+        finally:  # after every worker has set its own: torch also keeps the last count for threads it starts
+            torch.set_num_threads(threads)
     del states
     t2i_rank = 1 + t2i_above.long()
     redo = torch.nonzero(t2i_tied != 1).flatten()  # another item ties the best relevant one
