@@ -6,7 +6,7 @@ themselves are stored as raw little-endian float32 when the column chunk is unco
 and without a dictionary (what :mod:`e2i.store.writer` writes). This module walks such a chunk's
 pages and copies each page's value bytes into rows of a preallocated ``(n, D)`` array:
 ``os.preadv`` straight into the array for local files (no intermediate buffer), one ranged read
-per row group for other filesystems (S3), so memory stays at the result + one row group.
+per row group for other filesystems (S3), so memory stays at the result + one row group per reading thread.
 
 Pages (Thrift compact ``PageHeader``): DATA_PAGE (v1) = [rep levels: u32 length + RLE/bit-packed]
 [def levels: u32 length + RLE] [values]; DATA_PAGE_V2 = [rep levels][def levels][values] with the
