@@ -310,14 +310,14 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(toy_root, text_dir, tm
 # Ray Train
 
 
-def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """One scalar series as a user sees it: the real `tensorboard --logdir` server, over HTTP."""
+def _scalars(run_dir: Path, *tags: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalar series as a user sees them: one real `tensorboard --logdir` server, over HTTP; {tag: points}."""
     from servers import get_json, tensorboard, tensorboard_scalars
 
     with tensorboard(run_dir / "tensorboard") as url:
-        tags = get_json(f"{url}/data/plugin/scalars/tags")
-        return [point for run, run_tags in tags.items() if tag in run_tags
-                for point in tensorboard_scalars(url, run, tag)]
+        listed = get_json(f"{url}/data/plugin/scalars/tags")
+        return {tag: [point for run, run_tags in listed.items() if tag in run_tags
+                      for point in tensorboard_scalars(url, run, tag)] for tag in tags}
 
 
 @pytest.mark.slow
@@ -338,9 +338,10 @@ def test_two_worker_ddp_finetune_then_resume(ray_local, toy_root, text_dir, tmp_
     m = report["metrics"]
     assert 0 < m["text_to_item/mAP@10"] <= 1 and m["text_to_item/num_queries"] == 40
     assert len(m["text_to_item/mAP@10/ci95"]) == 2
-    lr = [v for _, v in sorted(_scalars(run_dir, "lr"))]
+    scalars = _scalars(run_dir, "lr", "val/mAP@10", "train/loss_epoch")
+    lr = [v for _, v in sorted(scalars["lr"])]
     assert len(lr) == 6 and lr[0] < lr[1] and lr[-1] < max(lr)  # warmup, then cosine decay
-    assert len(_scalars(run_dir, "val/mAP@10")) == 2 and _scalars(run_dir, "train/loss_epoch")
+    assert len(scalars["val/mAP@10"]) == 2 and scalars["train/loss_epoch"]
     module = ft.load_finetuned(run_dir)  # the exported best-mAP weights, reloaded without pickles
     assert module.cfg.num_workers == 2
     # 2) resume from last.ckpt for one more epoch, on one worker
@@ -349,4 +350,4 @@ def test_two_worker_ddp_finetune_then_resume(ray_local, toy_root, text_dir, tmp_
     )
     report = ft.fit(cfg)
     assert report["trained"] == {"epoch": 3, "step": 6 + 3}  # continued from last.ckpt, not restarted
-    assert len(_scalars(run_dir, "val/mAP@10")) == 3
+    assert len(_scalars(run_dir, "val/mAP@10")["val/mAP@10"]) == 3
