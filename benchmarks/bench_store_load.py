@@ -150,17 +150,20 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 5) -> list
                "pyarrow": lambda: read_embedding_columns(split_dir),
                "binary": lambda: read_binary_layout(binary_dir)}
         runs: dict[str, list[float]] = {key: [] for key in fns}
-        for key in ("raw", "load"):
-            fns[key]()  # untimed: brings the files of the target row into the page cache (4 GB)
-        for _ in range(repeats):  # the target row's two sides alternate, so a slow spell hits both
-            for key in ("raw", "load"):
-                gc.collect()
-                runs[key].append(harness.timed(fns[key])[0])
-        for key in ("load_text", "pyarrow", "binary"):  # report-only rows: back to back, files cached
-            fns[key]()
+
+        def timed_rounds(keys: tuple[str, ...]) -> None:
+            """One untimed call of each (its files into the page cache), then ``repeats`` rounds of each
+            in turn: keys timed together alternate, so a slow spell of the VM hits all of them."""
+            for key in keys:
+                fns[key]()
             for _ in range(repeats):
-                gc.collect()
-                runs[key].append(harness.timed(fns[key])[0])
+                for key in keys:
+                    gc.collect()
+                    runs[key].append(harness.timed(fns[key])[0])
+
+        timed_rounds(("raw", "load"))  # the target row's two sides
+        for key in ("load_text", "pyarrow", "binary"):  # report-only rows: back to back, files cached
+            timed_rounds((key,))
         best = {key: min(times) for key, times in runs.items()}
 
     gbps = lambda s: nbytes / s / 1e9

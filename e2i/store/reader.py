@@ -48,6 +48,7 @@ from e2i.store.schema import (
 
 FILL_THREADS = 2  # threads filling one kind's embeddings, shard k on thread k % 2 (file reads release the GIL)
 
+
 @dataclass
 class SplitData:
     """One split in memory. Embedding arrays are C-contiguous float32; ids are object arrays of str.
@@ -154,9 +155,10 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
     """Read all shards of one kind: embeddings into one preallocated (N, D) float32 array, other columns
     as Arrow (``columns``; ``dictionary`` columns dictionary-encoded as stored).
 
-    Pass 1 reads only footers (row counts -> N, required columns, D). With one fixed D, two background
-    threads fill the embedding rows (shard k on thread k % 2; file reads and the finiteness sums release
-    the GIL, so two copies from the page cache run at once) while this thread reads and checks the ids; otherwise shards are read in order and the first one fixes D.
+    Pass 1 reads only footers (row counts -> N, required columns, D). With one fixed D, FILL_THREADS
+    background threads fill the embedding rows (shard k on thread k % FILL_THREADS; file reads and the
+    finiteness sums release the GIL, so two copies from the page cache run at once) while this thread
+    reads and checks the ids; otherwise shards are read in order and the first one fixes D.
     ``extra_cols``: columns besides id+embedding to return (None = all other columns). ``pending``: the
     background fill is appended there for the caller to ``join()`` (the next kind's ids are read
     meanwhile); without it, this call waits for it. ``embeddings=False``: ids and columns only, the
@@ -175,13 +177,13 @@ def _read_kind(fs, root: str, shown_root: str, kind: str, shards, extra_cols: It
     emb = np.empty((int(offsets[-1]), dim or 0), np.float32)  # (N, D); (N, 0) without embeddings
     filler = None
     if embeddings and dim is not None and len(emb):
-        def fill(part: int, parts: int) -> None:
-            for k, (head, lo, hi) in enumerate(zip(heads, offsets[:-1], offsets[1:])):
-                if k % parts == part:
-                    embedding_rows(fs, fulls[k], files[k], head, emb[lo:hi], ids_of(k))
+        parts = min(FILL_THREADS, len(heads))
 
-        parts = FILL_THREADS if len(heads) > 1 else 1
-        filler = Background(*[lambda part=part: fill(part, parts) for part in range(parts)])
+        def fill(part: int) -> None:  # shards part, part + parts, ...
+            for k in range(part, len(heads), parts):
+                embedding_rows(fs, fulls[k], files[k], heads[k], emb[offsets[k]:offsets[k + 1]], ids_of(k))
+
+        filler = Background(*[lambda part=part: fill(part) for part in range(parts)])
     ids_parts, extras = [], []
     done = False
     try:

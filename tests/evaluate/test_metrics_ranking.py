@@ -95,9 +95,9 @@ def test_merge_lists_equals_one_list_over_all_rows():
     parts = []
     for w in range(3):
         rows = torch.arange(w, 23, 3)
-        v, i = ColumnTopK(4, 10, "cpu"), None
-        v.update(scores[rows], 0)
-        vals, local = v.result()
+        tops = ColumnTopK(4, 10, "cpu")
+        tops.update(scores[rows], 0)
+        vals, local = tops.result()
         parts.append((vals, torch.where(local >= 0, rows[local.clamp(min=0)], -1)))  # local -> global rows
     vals, idx = merge_lists(parts)
     ref = torch.from_numpy(np.argsort(-scores.T.numpy(), axis=1, kind="stable")[:, :10].copy())  # (4, 10)
