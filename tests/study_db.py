@@ -23,3 +23,31 @@ def study_ready(db: Path | str) -> bool:
             return con.execute("SELECT COUNT(*) FROM alembic_version").fetchone()[0] > 0
     except sqlite3.Error:  # tables not there yet, or the file is being written
         return False
+
+
+# A trial is "fresh after a pruned one" when it is RUNNING, the searcher has suggested all its params
+# (the "tune_trial_id" user attribute is set), it has reported no epoch yet (no intermediate value),
+# and the trial just before it was PRUNED before it started.
+FRESH_AFTER_PRUNED = """
+SELECT t.number FROM trials t
+JOIN studies s ON s.study_id = t.study_id
+JOIN trials p ON p.study_id = t.study_id AND p.number = t.number - 1
+WHERE s.study_name = ? AND t.state = 'RUNNING' AND p.state = 'PRUNED'
+  AND p.datetime_complete < t.datetime_start
+  AND EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a."key" = 'tune_trial_id')
+  AND NOT EXISTS (SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)
+"""
+
+
+def fresh_after_pruned(db: Path | str, study_name: str) -> list[int]:
+    """Numbers of the trials fresh after a pruned one (see above), read in ~1 ms through a read-only
+    sqlite3 connection: cheap enough to poll every few ms (Optuna's load_study takes ~35-400 ms, longer
+    than the window this catches: a trial's start to its first epoch, ~0.3-0.6 s)."""
+    if not study_ready(db):
+        return []
+    db = Path(str(db).removeprefix("sqlite:///"))
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return [row[0] for row in con.execute(FRESH_AFTER_PRUNED, (study_name,))]
+    except sqlite3.Error:  # the study's tables are being written
+        return []
