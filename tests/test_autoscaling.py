@@ -148,6 +148,8 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
         wait_for(lambda: node_types(head) == {HEAD: 1}, timeout=180, interval=2,
                  what="idle worker nodes to be terminated")
         events = head.autoscaler_events()
+        monitor_tail = head.monitor_log()[-4000:]  # for the message below (seen once, under load 5-13:
+        # the gang ran on a gpu_4x node but no "Adding ... gpu_4x" line was found)
 
     # What the autoscaler did, in order. Caching added only gpu_1x nodes, one per GPU actor (the
     # preprocess tasks' CPUs fit on them: the run is capped at 4 CPUs per GPU actor, and cluster.yaml has
@@ -160,7 +162,8 @@ def test_cache_and_finetune_commands_get_the_right_node_types(tmp_path):
     # Every node ended idle-terminated: the wait above saw only the head (counting "Removing" lines is no
     # proof: CI once logged 5 gpu_1x removals for 4 additions).
     added = [(kind, n) for verb, kind, n in events if verb == "add"]
-    first_4x = next(i for i, (kind, _) in enumerate(added) if kind == "gpu_4x")
+    first_4x = next((i for i, (kind, _) in enumerate(added) if kind == "gpu_4x"), None)
+    assert first_4x is not None, (events, monitor_tail)
     assert added[0][0] == "gpu_1x", events  # the cache run's (counted exactly above)
     assert {kind for kind, _ in added[:first_4x]} == {"gpu_1x"}, events
     assert sum(n for kind, n in added if kind == "gpu_4x") == 1, events
