@@ -60,6 +60,7 @@ from e2i.train.stream import DataPlan, PassReads, caption_dataset, ensure_ray, p
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
+HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"  # see _trainer
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -144,6 +145,12 @@ def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None, pla
 
     if not ray.is_initialized():
         ray.init()
+    # Ray Train V2's controller takes a worker's report only when it polls the workers, every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and a worker's second report waits for the first
+    # (a queue of 1): so every epoch took >= 2 s. A poll is one small actor call per worker; at 0.2 s,
+    # 16 epochs of 1.4 s compute took 33 s instead of 46 s (benchmarks/bench_training.py, 1 CPU worker).
+    # The driver's value is passed on to the controller (Ray's ENV_VARS_TO_PROPAGATE); a user's wins.
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
     use_gpu, gpus, backend = _gpu_request(cfg)
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": gpus} if use_gpu else {})
     stream = plan is not None and plan.streaming  # the workers' shards: streaming_split(equal=True)

@@ -402,6 +402,22 @@ def test_gpu_request_falls_back_to_cpu_torch(ray_local):
     assert pick_device(cfg).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_ray_train_polls_reports_every_0_2_s_unless_the_user_says(ray_local, tmp_path, monkeypatch):
+    """Ray Train V2 takes a worker's report when its controller polls (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+    Ray's default 2 s: every epoch took >= 2 s); e2i's trainer sets 0.2 s, and Ray passes the driver's
+    value on to the controller. A value the user set is kept."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from e2i.train.driver import HEALTH_CHECK_ENV, _trainer
+
+    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
+    _trainer(TrainConfig(), tmp_path)
+    assert get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "0.2"
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "1.5")
+    _trainer(TrainConfig(), tmp_path)
+    assert get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "1.5"
+
+
 @pytest.mark.slow
 def test_use_gpu_on_a_ray_without_gpus_trains_on_cpu(tmp_path):
     """`e2i train CONFIG --use-gpu` where Ray has no GPU at all (its own local Ray, started by e2i in a
