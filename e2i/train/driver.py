@@ -11,20 +11,17 @@ Three layers (as Ray's train/tune interop recommends):
    asynchronous checkpoint upload, ``ray.train.get_checkpoint``) with one ``run_training`` per worker.
    One CPU worker (``scaling.trainer: auto``, the default, or ``local``): :func:`train_local`, the
    same loop in this process without Ray (no ~5 s Ray start, no ~15 s worker group), with its own
-   restart-from-checkpoint for ``scaling.max_failures``. Then the run directory.
+   restart-from-checkpoint for ``scaling.max_failures``.
 3. ``e2i train`` (:mod:`e2i.train.cli`), incl. ``--seeds 0,1,2`` (:mod:`e2i.train.seeds`: mean ± std
    table). Rank 0 logs each epoch through :mod:`e2i.train.epoch_log`.
 
 Run directory ``<output_dir>/<name>/``::
 
     config.yaml               the exact TrainConfig (``e2i train <run>/config.yaml`` repeats the run)
-    checkpoints/              checkpoint_epochNNNN/ (model.safetensors, train_state.safetensors,
-                              progress.json, config.json) of the epochs that were the best so far,
-                              every ``checkpoint.every_n_epochs`` and the last; the best and the latest
-                              kept; on the Ray Train path also Ray's run snapshot
+    checkpoints/              checkpoint_epochNNNN/ (weights, train state, progress, config) of the
+                              best-so-far, every-N and last epochs; best and latest kept (+ Ray's snapshot)
     best_model.safetensors    weights of the epoch with the best ``cfg.metric``
-    metrics.json              history (one dict per epoch), best epoch/metrics, test metrics with CIs,
-                              ``test_data``: the test split evaluated in memory or in chunks from disk
+    metrics.json              history (a dict per epoch), best epoch/metrics, test metrics with CIs
     training_curves.png       loss, lr and validation metrics per epoch
     tensorboard/              event files (rank 0), when logging.tensorboard
     wandb/                    W&B run files when logging.use_wandb (offline without WANDB_API_KEY)
@@ -32,11 +29,9 @@ Run directory ``<output_dir>/<name>/``::
 
 Resume: ``e2i train CONFIG --resume`` reuses ``checkpoints/``. In-process, the loop restarts from the
 latest ``checkpoint_epochNNNN``. With Ray Train, V2 finds its run snapshot there and
-``ray.train.get_checkpoint()`` hands the latest checkpoint to every worker (the same path Ray uses to
-recover from worker failures, ``scaling.max_failures``); a run without Ray's snapshot (trained
-in-process) gets its latest checkpoint from the driver instead. Either way training continues after
-that epoch with optimizer/queue state and history. Without ``--resume`` an existing ``checkpoints/``
-is deleted first, so a new run never silently continues an old one.
+``ray.train.get_checkpoint()`` hands the latest checkpoint to every worker (as after a worker failure);
+a run without Ray's snapshot (trained in-process) gets it from the driver. Training continues after
+that epoch with optimizer/queue state and history. Without ``--resume`` ``checkpoints/`` is deleted.
 """
 
 from __future__ import annotations
@@ -60,7 +55,9 @@ from e2i.train.stream import DataPlan, PassReads, caption_dataset, ensure_ray, p
 CHECKPOINTS = "checkpoints"  # Ray Train RunConfig(name=...) under the run dir
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 _CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)$")
-HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"  # see _trainer
+# Ray Train V2's controller takes a worker's report only when it polls them, every this many s (default
+# 2; a worker's next report waits for it): every epoch took >= 2 s. 0.2 s: 16 short epochs 46 s -> 33 s.
+HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -145,12 +142,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, resume_dir: str | None = None, pla
 
     if not ray.is_initialized():
         ray.init()
-    # Ray Train V2's controller takes a worker's report only when it polls the workers, every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and a worker's second report waits for the first
-    # (a queue of 1): so every epoch took >= 2 s. A poll is one small actor call per worker; at 0.2 s,
-    # 16 epochs of 1.4 s compute took 33 s instead of 46 s (benchmarks/bench_training.py, 1 CPU worker).
-    # The driver's value is passed on to the controller (Ray's ENV_VARS_TO_PROPAGATE); a user's wins.
-    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # passed on to the controller by Ray
     use_gpu, gpus, backend = _gpu_request(cfg)
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": gpus} if use_gpu else {})
     stream = plan is not None and plan.streaming  # the workers' shards: streaming_split(equal=True)
