@@ -204,7 +204,7 @@ def run(quick: bool = False, work: Path | None = None, repeats: int = 7) -> list
 
 def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (the median counts; default 7)")
+    p.add_argument("--repeats", type=int, default=7, help="timed repetitions (the median counts; default 7)")
     args = p.parse_args(argv)
     harness.quiet_environment()
     results = run(quick=args.quick, work=Path(args.work_dir) if args.work_dir else None, repeats=args.repeats)
