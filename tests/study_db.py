@@ -13,16 +13,23 @@ import sqlite3
 from pathlib import Path
 
 
-def study_ready(db: Path | str) -> bool:
-    """True once `db` exists and its Optuna schema is complete (the alembic version row is written last)."""
+def _query(db: Path | str, sql: str, params: tuple = ()) -> list[tuple] | None:
+    """The rows of ``sql`` through a read-only sqlite3 connection (it can create nothing); None while
+    ``db`` does not exist or its tables are not there yet / being written."""
     db = Path(str(db).removeprefix("sqlite:///"))
     if not db.is_file():
-        return False
+        return None
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-            return con.execute("SELECT COUNT(*) FROM alembic_version").fetchone()[0] > 0
-    except sqlite3.Error:  # tables not there yet, or the file is being written
-        return False
+            return con.execute(sql, params).fetchall()
+    except sqlite3.Error:
+        return None
+
+
+def study_ready(db: Path | str) -> bool:
+    """True once `db` exists and its Optuna schema is complete (the alembic version row is written last)."""
+    rows = _query(db, "SELECT COUNT(*) FROM alembic_version")
+    return rows is not None and rows[0][0] > 0
 
 
 # A trial is "fresh after a pruned one" when it is RUNNING, the searcher has suggested all its params
@@ -40,14 +47,7 @@ WHERE s.study_name = ? AND t.state = 'RUNNING' AND p.state = 'PRUNED'
 
 
 def fresh_after_pruned(db: Path | str, study_name: str) -> list[int]:
-    """Numbers of the trials fresh after a pruned one (see above), read in ~1 ms through a read-only
-    sqlite3 connection: cheap enough to poll every few ms (Optuna's load_study takes ~35-400 ms, longer
-    than the window this catches: a trial's start to its first epoch, ~0.3-0.6 s)."""
-    if not study_ready(db):
-        return []
-    db = Path(str(db).removeprefix("sqlite:///"))
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-            return [row[0] for row in con.execute(FRESH_AFTER_PRUNED, (study_name,))]
-    except sqlite3.Error:  # the study's tables are being written
-        return []
+    """Numbers of the trials fresh after a pruned one (see above), in ~1 ms: cheap enough to poll every
+    few ms (Optuna's load_study takes ~35-400 ms, longer than the window this catches: a trial's start
+    to its first epoch, ~0.3-0.6 s). Read-only, so it cannot race the driver creating the schema."""
+    return [row[0] for row in _query(db, FRESH_AFTER_PRUNED, (study_name,)) or []]
